@@ -1,0 +1,13 @@
+"""Every path and default autonumad uses, in one place (the tuned model)."""
+
+CONFIG_PATH = "/etc/autonumad.conf"
+RUNTIME_DIR = "/run/autonumad"
+CONTROL_SOCKET_PATH = "/run/autonumad/control.sock"
+STATE_DIR = "/var/lib/autonumad"
+STATE_FILE_PATH = "/var/lib/autonumad/state.json"
+
+SYSFS_NODE_DIR = "sys/devices/system/node"
+KERNEL_CMDLINE = "proc/cmdline"
+NUMA_BALANCING_SYSCTL = "proc/sys/kernel/numa_balancing"
+
+PAGE_SIZE = 4096

@@ -1,0 +1,3 @@
+from setuptools import setup
+
+setup(cffi_modules=["cext/build_numa_ext.py:ffibuilder"])
