@@ -1,0 +1,216 @@
+"""The actuator: applies a plan under rate limits and records what it changed.
+
+Task moves become `sched_setaffinity` on the thread (the CPUs of its new node);
+page moves become batched `move_pages` calls through the C extension, limited like
+AutoNUMA's knuma_migrated to `pages_to_migrate` pages per `migrate_sleep_millisecs`.
+Every affinity the actuator sets is written to the state file first (what it
+found, what it set), so it can be restored when a process leaves autonumad's care,
+on `autonumactl disable`, on daemon stop, and after a crash.
+
+PID reuse between decision and action is checked with the process start time
+before and after each action; an action that turns out to have hit a new process
+is undone (affinity put back, pages moved back) and counted. Vanished processes
+and refused calls are counted, never raised.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from autonumad.kernel.files import AccessDenied, ProcessGone
+from autonumad.state_file import AffinityRecord, DaemonState, StateFile, ThreadKey
+
+log = logging.getLogger("autonumad.actuator")
+
+PAGE_STATUS_NAMES = {
+    -errno.EBUSY: "EBUSY",
+    -errno.ENOMEM: "ENOMEM",
+    -errno.EACCES: "EACCES",
+    -errno.EFAULT: "EFAULT",
+    -errno.ENOENT: "ENOENT",
+}
+
+
+class KernelOps(Protocol):
+    """What the actuator needs from the I/O layer (a fake in tests)."""
+
+    def get_affinity(self, tid: int) -> frozenset[int]: ...
+    def set_affinity(self, tid: int, cpus: frozenset[int]) -> None: ...
+    def move_pages(self, pid: int, addrs: Sequence[int], node: int) -> list[int]: ...
+    def start_time(self, pid: int) -> int | None: ...
+
+
+class MigrationRateLimit:
+    """A token bucket: `pages_to_migrate` pages per `migrate_sleep_millisecs`, bursting to one period."""
+
+    def __init__(self, pages_to_migrate: int, migrate_sleep_millisecs: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.tokens = 0.0
+        self.last = clock()
+        self.configure(pages_to_migrate, migrate_sleep_millisecs)
+        self.tokens = float(pages_to_migrate)
+
+    def configure(self, pages_to_migrate: int, migrate_sleep_millisecs: int) -> None:
+        self.capacity = float(pages_to_migrate)
+        self.rate = pages_to_migrate / (migrate_sleep_millisecs / 1000.0)
+        self.tokens = min(self.tokens, self.capacity)
+
+    def mb_per_second(self, page_size: int = 4096) -> float:
+        return self.rate * page_size / (1 << 20)
+
+    def take(self, wanted: int) -> int:
+        """Grant up to `wanted` pages now."""
+        now = self.clock()
+        self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        granted = min(wanted, int(self.tokens))
+        self.tokens -= granted
+        return granted
+
+
+@dataclass
+class Outcome:
+    """What happened to one action: `done`, or why not."""
+    action: object
+    result: str
+    detail: str = ""
+
+
+@dataclass
+class Actuator:
+    ops: KernelOps
+    node_cpus: Callable[[int], frozenset[int]]
+    state: DaemonState
+    state_file: StateFile | None
+    rate_limit: MigrationRateLimit
+    counters: Counter = field(default_factory=Counter)
+
+    # ---- task moves -------------------------------------------------------------------
+    def move_task(self, pid: int, start_time: int, tid: int, to_node: int, comm: str = "") -> str:
+        """Pin thread `tid` of process (pid, start_time) to the CPUs of `to_node`."""
+        cpus = self.node_cpus(to_node)
+        if not cpus:
+            self.counters["task_moves_refused_no_cpus"] += 1
+            return "refused: node has no online CPUs"
+        if self.ops.start_time(pid) != start_time:
+            self.counters["pid_reuse_caught_before"] += 1
+            return "skipped: process gone or PID reused"
+        key = ThreadKey(pid, start_time, tid)
+        try:
+            current = self.ops.get_affinity(tid)
+            record = self.state.affinities.get(key)
+            original = record.original if record else current
+            self.state.affinities[key] = AffinityRecord(original, cpus, comm)
+            self._save()
+            self.ops.set_affinity(tid, cpus)
+        except ProcessGone:
+            self._forget(key)
+            self.counters["process_gone"] += 1
+            return "skipped: thread gone"
+        except AccessDenied:
+            self._forget(key)
+            self.counters["access_denied"] += 1
+            return "refused: access denied"
+        except OSError as exc:
+            self._forget(key)
+            self.counters["affinity_failed"] += 1
+            return f"failed: {exc.strerror or exc}"
+        if self.ops.start_time(pid) != start_time:
+            self._undo_affinity(key, current)
+            self.counters["pid_reuse_undone"] += 1
+            return "undone: PID reused during the move"
+        self.counters["task_moves"] += 1
+        return "done"
+
+    def _undo_affinity(self, key: ThreadKey, cpus: frozenset[int]) -> None:
+        try:
+            self.ops.set_affinity(key.tid, cpus)
+        except OSError:
+            pass
+        self._forget(key)
+
+    def _forget(self, key: ThreadKey) -> None:
+        if self.state.affinities.pop(key, None) is not None:
+            self._save()
+
+    # ---- page moves -------------------------------------------------------------------
+    def migrate_pages(self, pid: int, start_time: int, addrs: Sequence[int], from_node: int,
+                      to_node: int) -> tuple[str, int]:
+        """Move up to the rate limit's grant of `addrs` to `to_node`; returns (result, pages moved)."""
+        if self.ops.start_time(pid) != start_time:
+            self.counters["pid_reuse_caught_before"] += 1
+            return "skipped: process gone or PID reused", 0
+        granted = self.rate_limit.take(len(addrs))
+        if granted == 0:
+            self.counters["migrations_deferred_rate_limit"] += 1
+            return "deferred: migration rate limit", 0
+        batch = list(addrs[:granted])
+        try:
+            statuses = self.ops.move_pages(pid, batch, to_node)
+        except ProcessGone:
+            self.counters["process_gone"] += 1
+            return "skipped: process gone", 0
+        except AccessDenied:
+            self.counters["access_denied"] += 1
+            return "refused: access denied", 0
+        moved = [a for a, s in zip(batch, statuses) if s == to_node]
+        self.counters["pages_migrated"] += len(moved)
+        for s in statuses:
+            if s < 0:
+                self.counters["page_status_" + PAGE_STATUS_NAMES.get(s, f"errno_{-s}")] += 1
+        if self.ops.start_time(pid) != start_time:
+            try:
+                self.ops.move_pages(pid, moved, from_node)
+            except OSError:
+                pass
+            self.counters["pid_reuse_undone"] += 1
+            return "undone: PID reused during the move", 0
+        partial = "" if granted == len(addrs) else f" ({len(addrs) - granted} left for later)"
+        return f"done{partial}", len(moved)
+
+    # ---- restoring ----------------------------------------------------------------------
+    def restore(self, which: Callable[[ThreadKey], bool] = lambda key: True) -> int:
+        """Put back the original affinity of the threads `which` selects; returns how many.
+
+        A thread whose affinity someone changed after us keeps that affinity: only our
+        own setting is undone.
+        """
+        restored = 0
+        for key in sorted((k for k in self.state.affinities if which(k)), key=ThreadKey.text):
+            record = self.state.affinities.pop(key)
+            try:
+                if self.ops.start_time(key.pid) != key.start_time:
+                    continue
+                if self.ops.get_affinity(key.tid) != record.applied:
+                    self.counters["restore_skipped_changed_by_others"] += 1
+                    continue
+                self.ops.set_affinity(key.tid, record.original)
+                restored += 1
+            except OSError:
+                continue
+        self.counters["affinities_restored"] += restored
+        self._save()
+        return restored
+
+    def restore_process(self, pid: int, start_time: int) -> int:
+        return self.restore(lambda k: k.pid == pid and k.start_time == start_time)
+
+    def owned_affinity(self, pid: int, start_time: int, tid: int) -> AffinityRecord | None:
+        """The record of an affinity this daemon set (so not someone else's pin), if any."""
+        return self.state.affinities.get(ThreadKey(pid, start_time, tid))
+
+    def _save(self) -> None:
+        if self.state_file is not None:
+            self.state_file.save(self.state)
+
+
+def page_status_counts(counters: Mapping[str, int]) -> dict[str, int]:
+    """The per-page failure counters by errno name, for status and stats."""
+    return {k[len("page_status_"):]: v for k, v in counters.items() if k.startswith("page_status_")}
