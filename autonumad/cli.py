@@ -13,6 +13,7 @@ import sys
 # verb -> (module under autonumad.commands, one-line help)
 VERBS: dict[str, tuple[str, str]] = {
     "topology": ("topology", "show NUMA nodes, CPUs, memory and distances (like numactl -H)"),
+    "show": ("show", "show a process's memory per node (like numastat -p) and where its threads run"),
 }
 
 

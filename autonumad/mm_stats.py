@@ -1,0 +1,346 @@
+"""mm statistics: where each process's memory is, per node and per mapping.
+
+The statistics box for memory (AutoNUMA's per-mm counters). Two sources feed the
+same `MmSnapshot`:
+
+- sampled (the pass-by-pass source): the mappings of /proc/PID/maps, minus the
+  kernel's special ones ([vsyscall], [vvar], [vdso], ...) and inaccessible ones
+  (`---p` guard pages and reservations hold no pages), are handed to the C
+  scanner (`numa_calls.scan_ranges`), which queries the node of one page per
+  window of `stride` pages at a random offset, with a fresh seed per call. Every
+  page has the same chance 1/stride of being sampled, so count x stride is an
+  unbiased estimate of the resident base pages on each node, per mapping and in
+  total; huge pages (THP and hugetlb) are counted at their real size because every
+  4 KiB address inside one answers with the huge page's node.
+  Stride (`choose_stride`): the larger of rss/TARGET_RESIDENT_SAMPLES, so that about
+  4096 resident pages are sampled whatever the size (a proportion from 4096
+  stratified samples is within ~0.8 percentage points even binomially), and
+  mapped/pages_to_scan, so that no process costs more than one batch of
+  `pages_to_scan` queries per pass; a fixed `sample_stride_pages` overrides both.
+  A process's scan is cut into chunks at stride-window boundaries as the
+  `ScanBudget` grants pages.
+- exact (`/proc/PID/numa_maps`): every resident page, per mapping, with each
+  mapping's memory policy. It is read when a process is first seen and every
+  EXACT_EVERY_PASSES passes after (policies change rarely, and a walk costs about a
+  third of a sample per resident page, charged to the budget as such), and by
+  `autonumactl show`. numa_maps counts hugetlb mappings in huge pages
+  (kernelpagesize_kB=2048) and anonymous THP in 4 KiB pages; both are converted
+  to base pages here (see autonumad.kernel.procfs).
+
+Decay: AutoNUMA's rule, replace at the end of a pass. A process's snapshot is
+replaced by each new one, because each pass samples the whole address space afresh
+(new random offsets), so the newest is the best estimate of where the memory is
+now; blending with older passes would hide for several passes the pages the
+daemon itself just migrated and invite moving them again. Noise between passes is
+small (~4096 stratified samples). Mapping policies survive between numa_maps reads;
+mappings created since the last read have an unknown (None) policy.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from autonumad.constants import PAGE_SIZE
+from autonumad.kernel import procfs
+from autonumad.kernel.files import AccessDenied, KernelFiles, ProcessGone
+from autonumad.kernel.procfs import MapsEntry, MemPolicy, NumaMapsEntry
+from autonumad.processes import ProcessInfo, ProcessKey
+from autonumad.scan_pacing import ScanBudget
+
+log = logging.getLogger(__name__)
+
+TARGET_RESIDENT_SAMPLES = 4096
+NUMA_MAPS_PAGES_PER_SAMPLE = 3   # numa_maps walk ~55 ns per resident page, a sample ~180 ns
+EXACT_EVERY_PASSES = 30
+SPECIAL_MAPPINGS = frozenset({"[vsyscall]", "[vvar]", "[vvar_vclock]", "[vdso]", "[uprobes]"})
+KINDS = ("huge", "heap", "stack", "private")   # numastat -p's rows, Total aside
+
+
+class ScanResultLike(Protocol):
+    node_pages: dict[int, int]
+    range_node_pages: list[dict[int, int]]
+    sampled: int
+    absent: int
+    errors: int
+    off_node_addrs: list[int]
+    off_node_nodes: list[int]
+
+
+ScanRanges = Callable[..., ScanResultLike]
+
+
+@dataclass(frozen=True)
+class VmaStats:
+    """One mapping's pages per node, in base (4 KiB) pages: exact, or estimated."""
+
+    start: int
+    end: int
+    kind: str                       # huge, heap, stack or private (numastat's rows)
+    path: str
+    policy: MemPolicy | None        # None: not known (numa_maps not read since it appeared)
+    node_pages: dict[int, float]
+
+
+@dataclass(frozen=True)
+class MmSnapshot:
+    """Where one process's memory was at one pass (see the module docstring)."""
+
+    key: ProcessKey
+    exact: bool
+    vmas: tuple[VmaStats, ...]
+    taken_at: float
+    stride: int = 1
+    samples: int = 0
+    absent: int = 0
+    errors: int = 0
+    off_node_addrs: tuple[int, ...] = ()     # sampled pages off `local_node` (sampled scans)
+    off_node_nodes: tuple[int, ...] = ()
+    node_pages: dict[int, float] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "node_pages", _sum_nodes(v.node_pages for v in self.vmas))
+
+    @property
+    def total_pages(self) -> float:
+        return sum(self.node_pages.values())
+
+    def node_share(self) -> dict[int, float]:
+        """Fraction of the process's memory on each node (AutoNUMA's weight / 1000)."""
+        total = self.total_pages
+        return {n: p / total for n, p in sorted(self.node_pages.items())} if total else {}
+
+    def node_mb(self) -> dict[int, float]:
+        return {n: p * PAGE_SIZE / (1 << 20) for n, p in sorted(self.node_pages.items())}
+
+    def kind_node_pages(self) -> dict[str, dict[int, float]]:
+        """Pages per node for each of numastat's rows: huge, heap, stack, private."""
+        rows: dict[str, dict[int, float]] = {kind: {} for kind in KINDS}
+        for vma in self.vmas:
+            row = rows[vma.kind]
+            for node, pages in vma.node_pages.items():
+                row[node] = row.get(node, 0.0) + pages
+        return rows
+
+    def self_placed_share(self) -> float:
+        """Fraction of the memory (in mappings whose policy is known) under a policy the
+        process chose itself (bind, interleave, prefer): such memory stays where it is."""
+        known = chosen = 0.0
+        for vma in self.vmas:
+            if vma.policy is None:
+                continue
+            pages = sum(vma.node_pages.values())
+            known += pages
+            if vma.policy.chosen_by_process:
+                chosen += pages
+        return chosen / known if known else 0.0
+
+
+def _sum_nodes(dicts: Iterable[dict[int, float]]) -> dict[int, float]:
+    total: dict[int, float] = {}
+    for d in dicts:
+        for node, pages in d.items():
+            total[node] = total.get(node, 0.0) + pages
+    return dict(sorted(total.items()))
+
+
+def sampled_mappings(maps: Sequence[MapsEntry]) -> list[MapsEntry]:
+    """The mappings worth sampling: not the kernel's special ones, not inaccessible."""
+    return [m for m in maps if m.path not in SPECIAL_MAPPINGS and m.perms[:3] != "---" and m.end > m.start]
+
+
+def mapping_kind(entry: MapsEntry) -> str:
+    """numastat's row for a mapping known only from maps (numa_maps, when read, says better)."""
+    if entry.path == "[heap]":
+        return "heap"
+    if entry.path == "[stack]":
+        return "stack"
+    if entry.path.startswith("/anon_hugepage"):
+        return "huge"
+    return "private"
+
+
+def choose_stride(rss_pages: int, mapped_pages: int, pages_to_scan: int, fixed: int = 0) -> int:
+    """Sampling stride for one process (see the module docstring)."""
+    if fixed > 0:
+        return fixed
+    return max(1, math.ceil(rss_pages / TARGET_RESIDENT_SAMPLES), math.ceil(mapped_pages / pages_to_scan))
+
+
+def exact_snapshot(key: ProcessKey, numa_maps: Sequence[NumaMapsEntry], maps: Sequence[MapsEntry],
+                   taken_at: float) -> MmSnapshot:
+    """The exact snapshot from numa_maps; `maps` (read just before) gives mapping ends."""
+    ends = {m.start: (m.end, m.path) for m in maps}
+    vmas = []
+    for entry in numa_maps:
+        end, maps_path = ends.get(entry.start, (entry.start, ""))
+        if maps_path in SPECIAL_MAPPINGS:
+            continue
+        vmas.append(VmaStats(entry.start, end, entry.kind, entry.path or maps_path, entry.policy,
+                             {n: float(p) for n, p in sorted(entry.node_base_pages.items())}))
+    return MmSnapshot(key, True, tuple(vmas), taken_at)
+
+
+def _window_chunks(mappings: Sequence[MapsEntry], stride: int,
+                   take: Callable[[int], int]) -> Iterable[list[tuple[int, int, int]]]:
+    """Cut the mappings into chunks of (mapping index, start, end) holding at most as many
+    stride windows as `take(wanted)` grants, cutting only at window boundaries."""
+    window = stride * PAGE_SIZE
+    pending = [(i, m.start, m.end) for i, m in enumerate(mappings)]
+    pos = 0
+    while pos < len(pending):
+        wanted = sum(math.ceil((end - start) / window) for _, start, end in pending[pos:])
+        grant = take(wanted)
+        chunk = []
+        while pos < len(pending) and grant > 0:
+            index, start, end = pending[pos]
+            windows = math.ceil((end - start) / window)
+            if windows <= grant:
+                chunk.append((index, start, end))
+                grant -= windows
+                pos += 1
+            else:
+                cut = start + grant * window
+                chunk.append((index, start, cut))
+                pending[pos] = (index, cut, end)
+                grant = 0
+        yield chunk
+
+
+def sampled_snapshot(key: ProcessKey, mappings: Sequence[MapsEntry], stride: int, scan_ranges: ScanRanges,
+                     budget: ScanBudget, rng: random.Random, taken_at: float,
+                     known: dict[int, tuple[str, MemPolicy]] | None = None,
+                     local_node: int = -1, max_off_node: int = 0) -> MmSnapshot:
+    """Sample `mappings` of process `key.pid` at `stride`, in chunks the budget grants.
+
+    `known`: mapping start -> (kind, policy) from the last numa_maps read.
+    Raises ProcessGone / AccessDenied from the scanner.
+    """
+    known = known or {}
+    per_vma: list[dict[int, float]] = [{} for _ in mappings]
+    samples = absent = errors = 0
+    off_addrs: list[int] = []
+    off_nodes: list[int] = []
+    for chunk in _window_chunks(mappings, stride, budget.take):
+        result = scan_ranges(key.pid, [(start, end) for _, start, end in chunk], stride,
+                             rng.getrandbits(63), local_node, max_off_node)
+        samples += result.sampled
+        absent += result.absent
+        errors += result.errors
+        off_addrs.extend(result.off_node_addrs)
+        off_nodes.extend(result.off_node_nodes)
+        for (index, _, _), counts in zip(chunk, result.range_node_pages):
+            vma = per_vma[index]
+            for node, count in counts.items():
+                if count:
+                    vma[node] = vma.get(node, 0.0) + count * stride
+    if len(off_addrs) > max_off_node:
+        picked = sorted(rng.sample(range(len(off_addrs)), max_off_node))
+        off_addrs = [off_addrs[i] for i in picked]
+        off_nodes = [off_nodes[i] for i in picked]
+    vmas = []
+    for m, node_pages in zip(mappings, per_vma):
+        kind, policy = known.get(m.start, (mapping_kind(m), None))
+        vmas.append(VmaStats(m.start, m.end, kind, m.path, policy, dict(sorted(node_pages.items()))))
+    return MmSnapshot(key, False, tuple(vmas), taken_at, stride, samples, absent, errors,
+                      tuple(off_addrs), tuple(off_nodes))
+
+
+@dataclass
+class MmCounters:
+    processes_scanned: int = 0
+    exact_reads: int = 0
+    gone_mid_scan: int = 0
+    access_denied: int = 0
+    scan_cpu_s: float = 0.0
+
+
+@dataclass
+class _ProcessState:
+    snapshot: MmSnapshot
+    known: dict[int, tuple[str, MemPolicy]]
+    passes_since_exact: int = 0
+
+
+class MmStatsTable:
+    """Per-process mm statistics across passes, and the scanning that feeds them.
+
+    The daemon calls `observe(process, budget)` for each admitted process of a pass,
+    `end_pass()` after the pass and `forget(discovery.left)`; policy reads `get(key)`.
+    """
+
+    def __init__(self, files: KernelFiles, pages_to_scan: int = 32768, sample_stride_pages: int = 0,
+                 scan_ranges: ScanRanges | None = None, seed: int | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 cpu_clock: Callable[[], float] = time.process_time):
+        if scan_ranges is None:
+            from autonumad.kernel import numa_calls
+            scan_ranges = numa_calls.scan_ranges
+        self.files = files
+        self.pages_to_scan = pages_to_scan
+        self.sample_stride_pages = sample_stride_pages
+        self.scan_ranges = scan_ranges
+        self.rng = random.Random(seed)
+        self.clock = clock
+        self.cpu_clock = cpu_clock
+        self.counters = MmCounters()
+        self._state: dict[ProcessKey, _ProcessState] = {}
+
+    @classmethod
+    def from_config(cls, files: KernelFiles, config: Any, **kwargs: Any) -> MmStatsTable:
+        return cls(files, config.scan.pages_to_scan, config.scan.sample_stride_pages, **kwargs)
+
+    def get(self, key: ProcessKey) -> MmSnapshot | None:
+        state = self._state.get(key)
+        return state.snapshot if state else None
+
+    def forget(self, keys: Iterable[ProcessKey]) -> None:
+        for key in keys:
+            self._state.pop(key, None)
+
+    def end_pass(self) -> None:
+        for state in self._state.values():
+            state.passes_since_exact += 1
+
+    def observe(self, process: ProcessInfo, budget: ScanBudget, local_node: int = -1,
+                max_off_node: int = 0) -> MmSnapshot | None:
+        """Scan one process (numa_maps on first sight and every EXACT_EVERY_PASSES passes,
+        sampled otherwise), replace its snapshot and return it; None if it went away or
+        refused access (a debug line, nothing else)."""
+        key = process.key
+        state = self._state.get(key)
+        cpu_before = self.cpu_clock()
+        try:
+            maps = procfs.read_maps(self.files, key.pid)
+            if state is None or state.passes_since_exact >= EXACT_EVERY_PASSES:
+                budget.charge(process.rss_pages // NUMA_MAPS_PAGES_PER_SAMPLE)
+                entries = procfs.read_numa_maps(self.files, key.pid)
+                snapshot = exact_snapshot(key, entries, maps, self.clock())
+                known = {v.start: (v.kind, v.policy) for v in snapshot.vmas if v.policy is not None}
+                state = _ProcessState(snapshot, known)
+                self.counters.exact_reads += 1
+            else:
+                mappings = sampled_mappings(maps)
+                stride = choose_stride(process.rss_pages, sum(m.pages for m in mappings),
+                                       self.pages_to_scan, self.sample_stride_pages)
+                state.snapshot = sampled_snapshot(key, mappings, stride, self.scan_ranges, budget, self.rng,
+                                                  self.clock(), state.known, local_node, max_off_node)
+        except ProcessGone:
+            log.debug("pid %d (%s) went away during its scan", key.pid, process.comm)
+            self.counters.gone_mid_scan += 1
+            self._state.pop(key, None)
+            return None
+        except AccessDenied as exc:
+            log.debug("pid %d (%s): access denied during its scan (%s)", key.pid, process.comm, exc)
+            self.counters.access_denied += 1
+            return None
+        finally:
+            self.counters.scan_cpu_s += self.cpu_clock() - cpu_before
+        self._state[key] = state
+        self.counters.processes_scanned += 1
+        return state.snapshot

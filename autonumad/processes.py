@@ -1,0 +1,260 @@
+"""Process discovery: the snapshot of which user processes exist and which are to be balanced.
+
+Part of the snapshot layer: it reads /proc only through `autonumad.kernel.procfs`
+(PIDs from psutil on the live system) and hands the statistics boxes a list of
+`ProcessInfo`, each named by a `ProcessKey` = (pid, start time): a PID the kernel
+gave to a new process after the old one exited is a different key, so statistics
+of the old process never leak into the new one.
+
+Skipped always: kernel threads (PF_KTHREAD in stat's flags), zombies (no memory
+left), the daemon itself. A process that exits while it is being read is left out
+with a debug line, never an error.
+
+Filters (`ProcessFilter`, built from [processes] and [policy] of the config): a
+process is admitted when it matches no exclude rule, matches at least one include
+rule or every include list is empty, and passes min_rss_mb and min_cpu_percent.
+Command names are matched against comm and, where comm is cut to 15 characters, also
+the basename of argv[0]; patterns are shell globs or "re:REGEX" matched in full.
+Cgroup patterns match the process's cgroup v2 path (`procfs.cgroup_path`). CPU use
+is over the interval since the previous discovery, or over the process's lifetime
+when it is seen for the first time. A process already admitted stays admitted
+while it keeps at least half of the RSS and CPU thresholds (so it does not flap in
+and out of the daemon's care at the edge of a threshold).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import pwd
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from autonumad.kernel import procfs
+from autonumad.kernel.files import AccessDenied, KernelFiles, ProcessGone
+
+log = logging.getLogger(__name__)
+
+COMM_LEN = 15  # TASK_COMM_LEN - 1: comm is cut to this many characters
+HYSTERESIS = 0.5  # an admitted process stays while above this fraction of the thresholds
+
+
+@dataclass(frozen=True, order=True)
+class ProcessKey:
+    """A process's identity: its PID and its start time (clock ticks after boot)."""
+
+    pid: int
+    start_time: int
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    key: ProcessKey
+    comm: str
+    exe_name: str          # basename of argv[0]; comm when argv is empty
+    uid: int
+    user: str
+    rss_kb: int            # VmRSS + HugetlbPages: all the memory that has a node
+    num_threads: int
+    cpu_ticks: int         # utime + stime, cumulative
+    cpu_percent: float     # percent of one CPU, see the module docstring
+    cgroup: str
+
+    @property
+    def pid(self) -> int:
+        return self.key.pid
+
+    @property
+    def rss_pages(self) -> int:
+        return self.rss_kb // procfs.BASE_PAGE_KB
+
+
+def compile_pattern(text: str) -> Callable[[str], bool]:
+    """A matcher for a glob or "re:REGEX" pattern (matched in full); ValueError if bad."""
+    if text.startswith("re:"):
+        try:
+            regex = re.compile(text[3:])
+        except re.error as exc:
+            raise ValueError(f"bad regular expression {text!r}: {exc}") from None
+        return lambda name: regex.fullmatch(name) is not None
+    return lambda name: fnmatch.fnmatchcase(name, text)
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+@dataclass(frozen=True)
+class ProcessFilter:
+    """Which processes are balanced; see the module docstring for the rules."""
+
+    min_rss_mb: float = 0.0
+    min_cpu_percent: float = 0.0
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    include_pids: frozenset[int] = frozenset()
+    exclude_pids: frozenset[int] = frozenset()
+    include_cgroups: tuple[str, ...] = ()
+    exclude_cgroups: tuple[str, ...] = ()
+    include_users: tuple[str | int, ...] = ()
+    exclude_users: tuple[str | int, ...] = ()
+    _matchers: dict[str, list[Callable[[str], bool]]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_matchers", {
+            name: [compile_pattern(p) for p in getattr(self, name)]
+            for name in ("include", "exclude", "include_cgroups", "exclude_cgroups")})
+
+    @classmethod
+    def from_config(cls, config: Any) -> ProcessFilter:
+        """From an `autonumad.config.Config` ([processes] rules, [policy] thresholds)."""
+        p = config.processes
+        return cls(min_rss_mb=config.policy.min_rss_mb, min_cpu_percent=config.policy.min_cpu_percent,
+                   include=tuple(p.include), exclude=tuple(p.exclude),
+                   include_pids=frozenset(p.include_pids), exclude_pids=frozenset(p.exclude_pids),
+                   include_cgroups=tuple(p.include_cgroups), exclude_cgroups=tuple(p.exclude_cgroups),
+                   include_users=tuple(p.include_users), exclude_users=tuple(p.exclude_users))
+
+    def _names_match(self, rule: str, info: ProcessInfo) -> bool:
+        names = {info.comm, info.exe_name} if len(info.comm) >= COMM_LEN else {info.comm}
+        return any(m(n) for m in self._matchers[rule] for n in names)
+
+    def _cgroup_matches(self, rule: str, info: ProcessInfo) -> bool:
+        return any(m(info.cgroup) for m in self._matchers[rule])
+
+    @staticmethod
+    def _user_matches(users: tuple[str | int, ...], info: ProcessInfo) -> bool:
+        return any(u == info.uid if isinstance(u, int) else u == info.user for u in users)
+
+    def rejection(self, info: ProcessInfo, admitted_before: bool = False) -> str | None:
+        """Why `info` is not to be balanced, or None when it is."""
+        if info.pid in self.exclude_pids:
+            return "PID excluded"
+        if self._names_match("exclude", info):
+            return "command name excluded"
+        if self._cgroup_matches("exclude_cgroups", info):
+            return f"cgroup {info.cgroup} excluded"
+        if self._user_matches(self.exclude_users, info):
+            return f"user {info.user} excluded"
+        has_includes = any((self.include, self.include_pids, self.include_cgroups, self.include_users))
+        if has_includes and not (info.pid in self.include_pids
+                                 or self._names_match("include", info)
+                                 or self._cgroup_matches("include_cgroups", info)
+                                 or self._user_matches(self.include_users, info)):
+            return "matches no include rule"
+        scale = HYSTERESIS if admitted_before else 1.0
+        if info.rss_kb < self.min_rss_mb * 1024 * scale:
+            return f"RSS {info.rss_kb // 1024} MiB below {self.min_rss_mb * scale:g} MiB"
+        if info.cpu_percent < self.min_cpu_percent * scale:
+            return f"CPU {info.cpu_percent:.1f}% below {self.min_cpu_percent * scale:g}%"
+        return None
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """One discovery pass: the admitted processes, and how the admitted set changed."""
+
+    processes: list[ProcessInfo]
+    new: list[ProcessKey]        # admitted now, not last time
+    left: list[ProcessKey]       # admitted last time, not now (exited, PID reused or filtered out)
+
+
+@dataclass
+class _History:
+    cpu_ticks: int
+    seen_at: float
+
+
+class ProcessDiscovery:
+    """Finds the user processes to balance, pass after pass (keeps CPU-use history)."""
+
+    def __init__(self, files: KernelFiles, process_filter: ProcessFilter,
+                 clock: Callable[[], float] = time.monotonic, own_pid: int | None = None):
+        self.files = files
+        self.filter = process_filter
+        self.clock = clock
+        self.own_pid = os.getpid() if own_pid is None else own_pid
+        self._history: dict[ProcessKey, _History] = {}
+        self._admitted: set[ProcessKey] = set()
+        self._users: dict[int, str] = {}
+
+    def discover(self) -> Discovery:
+        now = self.clock()
+        uptime_ticks = procfs.read_uptime(self.files) * procfs.CLOCK_TICKS
+        seen: dict[ProcessKey, _History] = {}
+        known_pids = {key.pid: key for key in self._history}
+        admitted: list[ProcessInfo] = []
+        for pid in procfs.list_pids(self.files):
+            if pid == self.own_pid:
+                continue
+            try:
+                info = self._read_process(pid, now, uptime_ticks)
+            except ProcessGone:
+                log.debug("pid %d went away while being read; skipped", pid)
+                continue
+            except AccessDenied as exc:
+                log.debug("pid %d: access denied (%s); skipped", pid, exc)
+                continue
+            if info is None:
+                continue
+            old_key = known_pids.get(pid)
+            if old_key is not None and old_key != info.key:
+                log.debug("pid %d was reused: start time %d -> %d", pid, old_key.start_time,
+                          info.key.start_time)
+            seen[info.key] = _History(info.cpu_ticks, now)
+            reason = self.filter.rejection(info, admitted_before=info.key in self._admitted)
+            if reason is None:
+                admitted.append(info)
+            elif info.key in self._admitted:
+                log.debug("pid %d (%s) no longer balanced: %s", pid, info.comm, reason)
+        self._history = seen
+        keys = {info.key for info in admitted}
+        new = sorted(keys - self._admitted)
+        left = sorted(self._admitted - keys)
+        self._admitted = keys
+        return Discovery(admitted, new, left)
+
+    def _read_process(self, pid: int, now: float, uptime_ticks: float) -> ProcessInfo | None:
+        stat = procfs.read_stat(self.files, pid)
+        if stat.is_kernel_thread or stat.state in ("Z", "X"):
+            return None
+        key = ProcessKey(pid, stat.start_time_ticks)
+        status = procfs.read_status(self.files, pid)
+        previous = self._history.get(key)
+        if previous is not None and now > previous.seen_at:
+            ticks = stat.cpu_ticks - previous.cpu_ticks
+            seconds = now - previous.seen_at
+        else:
+            ticks = stat.cpu_ticks
+            seconds = max(uptime_ticks - stat.start_time_ticks, 1) / procfs.CLOCK_TICKS
+        cpu_percent = 100.0 * ticks / procfs.CLOCK_TICKS / seconds
+        exe_name = stat.comm
+        if len(stat.comm) >= COMM_LEN:
+            argv = procfs.read_cmdline(self.files, pid)
+            if argv:
+                exe_name = os.path.basename(argv[0])
+        uid = status.uids[0]
+        if uid not in self._users:
+            self._users[uid] = _user_name(uid)
+        return ProcessInfo(
+            key=key, comm=stat.comm, exe_name=exe_name, uid=uid, user=self._users[uid],
+            rss_kb=status.vm_rss_kb + status.hugetlb_kb, num_threads=stat.num_threads,
+            cpu_ticks=stat.cpu_ticks, cpu_percent=cpu_percent,
+            cgroup=procfs.cgroup_path(procfs.read_cgroup(self.files, pid)))
+
+
+def find_processes(files: KernelFiles, wanted: str, own_pid: int | None = None) -> list[ProcessInfo]:
+    """Processes named by `wanted`: a PID, or a command-name pattern (glob or "re:REGEX"),
+    the way `autonumactl show PID|NAME` takes them. No thresholds apply."""
+    if wanted.isdigit():
+        process_filter = ProcessFilter(include_pids=frozenset({int(wanted)}))
+    else:
+        process_filter = ProcessFilter(include=(wanted,))
+    return ProcessDiscovery(files, process_filter, own_pid=own_pid).discover().processes

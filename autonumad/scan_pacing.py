@@ -1,0 +1,105 @@
+"""Scan pacing: how many pages the scanner may sample now, and how long it pauses.
+
+The statistics box's throttle, after AutoNUMA's knuma_scand: sample up to
+`pages_to_scan` pages in a batch, pause `scan_sleep_millisecs`, and after a full
+pass over every process pause `scan_sleep_pass_millisecs`. A "page" here is one
+page whose node is queried (one sample), the unit the scanner's cost grows with.
+
+On top of that, a ceiling on the daemon's own CPU use: at every pause the budget
+looks at the process CPU time (`cpu_clock`, time.process_time by default) spent
+since the previous pause ended, and stretches the pause so that CPU time over
+(work + pause) stays under `cpu_ceiling_percent` of one CPU. Everything the daemon
+did in that window counts (scanning, reading /proc, policy), which is what the
+ceiling is about.
+
+The scan loop calls `take(wanted)` before each chunk of sampling and samples no
+more than it returns; `charge(pages)` books work that cannot be split (a whole
+numa_maps read), which may overdraw the batch and so lengthen the next pauses;
+`end_pass()` after the last process of a pass. Clock, CPU clock and sleep are
+injectable: tests use a fake clock, the daemon an interruptible wait.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class PacingCounters:
+    """AutoNUMA-style counters (pages_scanned, full_scans) plus where the time went."""
+
+    pages_scanned: int = 0
+    full_scans: int = 0
+    pauses: int = 0
+    slept_s: float = 0.0
+    throttled_s: float = 0.0     # the part of slept_s added by the CPU ceiling
+    cpu_s: float = 0.0           # daemon CPU time measured between pauses
+
+
+class ScanBudget:
+    def __init__(self, pages_to_scan: int = 32768, scan_sleep_millisecs: int = 100,
+                 scan_sleep_pass_millisecs: int = 10000, cpu_ceiling_percent: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic,
+                 cpu_clock: Callable[[], float] = time.process_time,
+                 sleep: Callable[[float], None] = time.sleep):
+        if pages_to_scan < 1 or cpu_ceiling_percent <= 0:
+            raise ValueError("pages_to_scan must be at least 1 and cpu_ceiling_percent above 0")
+        self.pages_to_scan = pages_to_scan
+        self.scan_sleep_millisecs = scan_sleep_millisecs
+        self.scan_sleep_pass_millisecs = scan_sleep_pass_millisecs
+        self.cpu_ceiling_percent = cpu_ceiling_percent
+        self.clock = clock
+        self.cpu_clock = cpu_clock
+        self.sleep = sleep
+        self.counters = PacingCounters()
+        self._left = pages_to_scan
+        self._window_wall = clock()
+        self._window_cpu = cpu_clock()
+
+    @classmethod
+    def from_config(cls, scan: Any, **clocks: Any) -> ScanBudget:
+        """From an `autonumad.config.ScanConfig` (the [scan] section)."""
+        return cls(scan.pages_to_scan, scan.scan_sleep_millisecs, scan.scan_sleep_pass_millisecs,
+                   scan.cpu_ceiling_percent, **clocks)
+
+    def take(self, wanted: int) -> int:
+        """Pages that may be sampled now (1..wanted), pausing first if the batch is spent."""
+        if wanted <= 0:
+            return 0
+        while self._left <= 0:
+            self._pause(self.scan_sleep_millisecs)
+            self._left += self.pages_to_scan
+        granted = min(wanted, self._left)
+        self._left -= granted
+        self.counters.pages_scanned += granted
+        return granted
+
+    def charge(self, pages: int) -> None:
+        """Book indivisible work worth `pages` samples; the batch may go into debt."""
+        self._left -= pages
+        self.counters.pages_scanned += pages
+
+    def end_pass(self) -> None:
+        """A full pass is done: pause scan_sleep_pass_millisecs (or longer, for the
+        ceiling) and start the next pass with a fresh batch."""
+        self.counters.full_scans += 1
+        self._pause(self.scan_sleep_pass_millisecs)
+        self._left = min(self._left, 0) + self.pages_to_scan
+
+    def _pause(self, millisecs: int) -> None:
+        wall = self.clock() - self._window_wall
+        cpu = self.cpu_clock() - self._window_cpu
+        base = millisecs / 1000.0
+        # cpu / (wall + pause) <= ceiling  <=>  pause >= cpu / ceiling - wall
+        needed = cpu / (self.cpu_ceiling_percent / 100.0) - wall
+        pause = max(base, needed)
+        self.sleep(pause)
+        self.counters.pauses += 1
+        self.counters.slept_s += pause
+        self.counters.throttled_s += pause - base
+        self.counters.cpu_s += cpu
+        self._window_wall = self.clock()
+        self._window_cpu = self.cpu_clock()

@@ -1,0 +1,294 @@
+"""Task statistics: per thread, where it runs and what it writes, per node.
+
+The statistics box for threads (AutoNUMA's per-task counters), two kinds of
+per-node figures per thread, both halved at the end of every pass the way AutoNUMA
+halves its per-thread counters, so a thread's figures weigh the last passes most:
+
+- run time: at each look (`TaskStatsTable.look`, at least once per process per
+  pass) the run time a thread accumulated since the previous look (schedstat's
+  first field, ns) is credited to the node of the CPU it last ran on (stat field
+  39); when that node changed since the previous look the time is split evenly
+  between the old and the new node. A thread's first look is a baseline only: its
+  run-time figures need a second look (`ThreadStats.looks`).
+- accesses: the userspace stand-in for AutoNUMA's hinting faults. For a process
+  whose threads run on more than one node, `WriteFaultSampler` opens a perf
+  page-fault sampler on its threads, then writes "4" to /proc/PID/clear_refs
+  (soft-dirty clear: every page is write-protected again, so the first write to
+  each takes a fault) and after `window_s` reads the (tid, address, cpu) samples;
+  each sampled page's node (numa_calls.page_nodes) counts one access for that
+  thread on that node. Only writes are seen. Arming is paced (at most `max_armed`
+  processes armed at once, each re-armed at most every `rearm_after_s`) because it
+  costs the target one minor fault per page it writes; `fault_sampling = false`
+  in [scan] turns it off.
+
+Preferred node of a thread: where most of its sampled accesses went (given at least
+MIN_ACCESS_SAMPLES of them), else where it ran most, else where it runs now.
+
+Threads that appear are added at their first look; threads that exit are dropped
+at the next look; a thread is named by (tid, start time), so a reused TID starts
+afresh.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from autonumad.constants import PAGE_SIZE
+from autonumad.kernel import procfs
+from autonumad.kernel.files import AccessDenied, KernelFiles, ProcessGone
+from autonumad.kernel.procfs import ThreadSnapshot
+from autonumad.processes import ProcessKey
+
+log = logging.getLogger(__name__)
+
+MIN_ACCESS_SAMPLES = 8
+MULTI_NODE_SHARE = 0.1   # a process runs "on" a node where it spent at least this share of its time
+
+
+@dataclass
+class ThreadStats:
+    tid: int
+    start_time: int
+    comm: str
+    cpu: int
+    current_node: int | None             # None: its CPU is in no known node
+    last_run_ns: int                     # cumulative run time at the last look
+    looks: int = 1
+    run_ns: dict[int, float] = field(default_factory=dict)     # decayed run time per node
+    accesses: dict[int, float] = field(default_factory=dict)   # decayed sampled writes per node of the page
+
+    def preferred_node(self) -> int | None:
+        if sum(self.accesses.values()) >= MIN_ACCESS_SAMPLES:
+            return _argmax(self.accesses)
+        if self.run_ns:
+            return _argmax(self.run_ns)
+        return self.current_node
+
+    def run_share(self) -> dict[int, float]:
+        return _shares(self.run_ns)
+
+    def access_share(self) -> dict[int, float]:
+        return _shares(self.accesses)
+
+
+def _argmax(values: Mapping[int, float]) -> int:
+    return max(sorted(values), key=lambda node: values[node])
+
+
+def _shares(values: Mapping[int, float]) -> dict[int, float]:
+    total = sum(values.values())
+    return {n: v / total for n, v in sorted(values.items())} if total else {}
+
+
+def _add(counts: dict[int, float], node: int, amount: float) -> None:
+    counts[node] = counts.get(node, 0.0) + amount
+
+
+class TaskStatsTable:
+    """Per-thread statistics of every observed process, keyed by ProcessKey then TID."""
+
+    def __init__(self, cpu_nodes: Mapping[int, int]):
+        self.cpu_nodes = dict(cpu_nodes)
+        self._processes: dict[ProcessKey, dict[int, ThreadStats]] = {}
+
+    def look(self, files: KernelFiles, key: ProcessKey) -> bool:
+        """Read every thread of `key` and observe them; False (and forgotten) if it is gone."""
+        try:
+            threads = procfs.read_threads(files, key.pid)
+        except ProcessGone:
+            log.debug("pid %d went away before its threads were read", key.pid)
+            self._processes.pop(key, None)
+            return False
+        self.observe(key, threads)
+        return True
+
+    def observe(self, key: ProcessKey, threads: Sequence[ThreadSnapshot]) -> None:
+        """One look at the threads of a process (see the module docstring)."""
+        old = self._processes.get(key, {})
+        current: dict[int, ThreadStats] = {}
+        for snap in threads:
+            node = self.cpu_nodes.get(snap.processor)
+            stats = old.get(snap.tid)
+            if stats is None or stats.start_time != snap.start_time_ticks:
+                current[snap.tid] = ThreadStats(snap.tid, snap.start_time_ticks, snap.comm, snap.processor,
+                                                node, snap.run_ns)
+                continue
+            ran = snap.run_ns - stats.last_run_ns
+            if ran > 0:
+                if stats.current_node is not None and node is not None and stats.current_node != node:
+                    _add(stats.run_ns, stats.current_node, ran / 2)
+                    _add(stats.run_ns, node, ran / 2)
+                elif node is not None:
+                    _add(stats.run_ns, node, ran)
+            stats.comm, stats.cpu, stats.current_node = snap.comm, snap.processor, node
+            stats.last_run_ns = snap.run_ns
+            stats.looks += 1
+            current[snap.tid] = stats
+        self._processes[key] = current
+
+    def add_accesses(self, key: ProcessKey, samples: Sequence[tuple[int, int, int]],
+                     nodes: Sequence[int]) -> int:
+        """Count sampled writes: samples[i] = (tid, address, cpu), nodes[i] = the node of
+        that page (negative: not present). Returns how many were credited to a thread."""
+        threads = self._processes.get(key, {})
+        credited = 0
+        for (tid, _addr, _cpu), node in zip(samples, nodes):
+            stats = threads.get(tid)
+            if stats is None or node < 0:
+                continue
+            _add(stats.accesses, node, 1.0)
+            credited += 1
+        return credited
+
+    def end_pass(self) -> None:
+        """Halve every thread's figures (AutoNUMA's per-pass decay)."""
+        for threads in self._processes.values():
+            for stats in threads.values():
+                for counts in (stats.run_ns, stats.accesses):
+                    for node in counts:
+                        counts[node] /= 2
+
+    def forget(self, keys: Iterable[ProcessKey]) -> None:
+        for key in keys:
+            self._processes.pop(key, None)
+
+    def threads(self, key: ProcessKey) -> list[ThreadStats]:
+        return [self._processes[key][tid] for tid in sorted(self._processes.get(key, {}))]
+
+    def process_run_ns(self, key: ProcessKey) -> dict[int, float]:
+        total: dict[int, float] = {}
+        for stats in self._processes.get(key, {}).values():
+            for node, ns in stats.run_ns.items():
+                _add(total, node, ns)
+        return dict(sorted(total.items()))
+
+    def nodes_run_on(self, key: ProcessKey, min_share: float = MULTI_NODE_SHARE) -> set[int]:
+        """Nodes where the process's threads spent at least `min_share` of their run time,
+        plus the nodes they sit on now."""
+        nodes = {n for n, share in _shares(self.process_run_ns(key)).items() if share >= min_share}
+        nodes.update(s.current_node for s in self._processes.get(key, {}).values()
+                     if s.current_node is not None)
+        return nodes
+
+
+@dataclass
+class FaultSamplerCounters:
+    armed: int = 0
+    samples: int = 0
+    credited: int = 0
+    failures: int = 0
+
+
+@dataclass
+class _Armed:
+    key: ProcessKey
+    handle: Any
+    armed_at: float
+    samples: list[tuple[int, int, int]] = field(default_factory=list)
+
+
+class WriteFaultSampler:
+    """Arms and reads write-fault sampling, paced, for processes spread over nodes.
+
+    The daemon calls `poll(keys)` often (e.g. between scan batches) with the keys of
+    the processes it balances, and `close()` on exit. `calls` is the numa_calls module
+    (open_fault_sampler, read_fault_samples, close_fault_sampler, page_nodes).
+    """
+
+    def __init__(self, files: KernelFiles, tasks: TaskStatsTable, calls: Any = None, enabled: bool = True,
+                 window_s: float = 1.0, rearm_after_s: float = 30.0, max_armed: int = 1,
+                 clock: Callable[[], float] = time.monotonic):
+        if calls is None and enabled:
+            from autonumad.kernel import numa_calls as calls
+        self.files = files
+        self.tasks = tasks
+        self.calls = calls
+        self.enabled = enabled
+        self.window_s = window_s
+        self.rearm_after_s = rearm_after_s
+        self.max_armed = max_armed
+        self.clock = clock
+        self.counters = FaultSamplerCounters()
+        self._armed: dict[ProcessKey, _Armed] = {}
+        self._last_armed: dict[ProcessKey, float] = {}
+
+    def poll(self, keys: Iterable[ProcessKey]) -> None:
+        """Drain the armed samplers (their rings hold ~1024 samples per thread), count the
+        samples of those whose window has passed, then arm at most one more process."""
+        now = self.clock()
+        for armed in list(self._armed.values()):
+            self._drain(armed)
+            if now - armed.armed_at >= self.window_s:
+                self._collect(armed)
+        if not self.enabled:
+            return
+        for key in keys:
+            if len(self._armed) >= self.max_armed:
+                break
+            if key in self._armed or (key in self._last_armed
+                                      and now - self._last_armed[key] < self.rearm_after_s):
+                continue
+            if len(self.tasks.nodes_run_on(key)) > 1:
+                self._arm(key, now)
+                break
+
+    def forget(self, keys: Iterable[ProcessKey]) -> None:
+        for key in keys:
+            armed = self._armed.pop(key, None)
+            if armed is not None:
+                self.calls.close_fault_sampler(armed.handle)
+            self._last_armed.pop(key, None)
+
+    def close(self) -> None:
+        self.forget(list(self._armed))
+
+    def _arm(self, key: ProcessKey, now: float) -> None:
+        self._last_armed[key] = now
+        tids = [t.tid for t in self.tasks.threads(key)]
+        try:
+            handle = self.calls.open_fault_sampler(tids)
+        except ProcessGone:
+            log.debug("pid %d went away before write-fault sampling", key.pid)
+            return
+        except AccessDenied as exc:
+            log.debug("pid %d: write-fault sampling refused (%s)", key.pid, exc)
+            self.counters.failures += 1
+            return
+        except OSError as exc:
+            log.warning("write-fault sampling unavailable (%s); placing by page location and "
+                        "thread CPU only", exc)
+            self.counters.failures += 1
+            self.enabled = False
+            return
+        try:
+            procfs.clear_soft_dirty(self.files, key.pid)
+        except (ProcessGone, AccessDenied) as exc:
+            log.debug("pid %d: cannot clear soft-dirty bits (%s)", key.pid, exc)
+            self.calls.close_fault_sampler(handle)
+            return
+        self._armed[key] = _Armed(key, handle, now)
+        self.counters.armed += 1
+        log.debug("pid %d: write-fault sampling armed on %d threads", key.pid, len(tids))
+
+    def _drain(self, armed: _Armed) -> None:
+        armed.samples.extend(self.calls.read_fault_samples(armed.handle))
+
+    def _collect(self, armed: _Armed) -> None:
+        del self._armed[armed.key]
+        self.calls.close_fault_sampler(armed.handle)
+        samples = armed.samples
+        if not samples:
+            return
+        pages = sorted({addr & ~(PAGE_SIZE - 1) for _, addr, _ in samples})
+        try:
+            page_node = dict(zip(pages, self.calls.page_nodes(armed.key.pid, pages)))
+        except (ProcessGone, AccessDenied) as exc:
+            log.debug("pid %d: sampled pages' nodes unreadable (%s)", armed.key.pid, exc)
+            return
+        nodes = [page_node[addr & ~(PAGE_SIZE - 1)] for _, addr, _ in samples]
+        self.counters.samples += len(samples)
+        self.counters.credited += self.tasks.add_accesses(armed.key, samples, nodes)

@@ -1,0 +1,341 @@
+"""mm statistics: stride choice, chunking, sampled estimates against the truth, numa_maps
+snapshots from the VM fixture, and the per-process table across passes."""
+
+import errno
+import json
+import logging
+import math
+import os
+import random
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from autonumad import mm_stats
+from autonumad.kernel import procfs
+from autonumad.kernel.files import AccessDenied, KernelFiles, ProcessGone
+from autonumad.kernel.procfs import MapsEntry, MemPolicy
+from autonumad.mm_stats import (MmStatsTable, choose_stride, exact_snapshot, sampled_mappings,
+                                sampled_snapshot)
+from autonumad.processes import ProcessInfo, ProcessKey
+from autonumad.scan_pacing import ScanBudget
+
+from conftest import FIXTURES
+
+PAGE = 4096
+MB_PAGES = 256
+VM_TREE = os.path.join(FIXTURES, "proc", "vm2node")
+MIXED = json.load(open(os.path.join(VM_TREE, "scenarios.json")))["pids"]["mixed"]
+KEY = ProcessKey(MIXED, 1774)
+
+
+@dataclass
+class FakeScanResult:
+    node_pages: dict
+    range_node_pages: list
+    sampled: int
+    absent: int
+    errors: int
+    off_node_addrs: list = field(default_factory=list)
+    off_node_nodes: list = field(default_factory=list)
+
+
+class FakeMemory:
+    """A process's pages and the C scanner's sampling rule over them, in Python: one page
+    per window of `stride` pages at a random offset, offsets within each run of `stride`
+    windows a permutation, a short last window sampled only if its offset falls inside."""
+
+    def __init__(self, placement):
+        self.placement = placement      # address of a page -> node, or absent
+        self.calls = []
+        self.seeds = []
+
+    def scan_ranges(self, pid, ranges, stride, seed, local_node=-1, max_off_node=0):
+        self.calls.append((list(ranges), stride))
+        self.seeds.append(seed)
+        rng = random.Random(seed)
+        per_range, sampled, absent = [], 0, 0
+        off = []
+        for start, end in ranges:
+            pages = (end - start) // PAGE
+            counts = {}
+            for run in range(0, math.ceil(pages / stride), stride):
+                offsets = list(range(stride))
+                rng.shuffle(offsets)
+                for w, offset in zip(range(run, run + stride), offsets):
+                    page = w * stride + offset
+                    if w * stride >= pages or page >= pages:
+                        continue
+                    sampled += 1
+                    node = self.placement(start + page * PAGE)
+                    if node is None:
+                        absent += 1
+                        continue
+                    counts[node] = counts.get(node, 0) + 1
+                    if local_node >= 0 and node != local_node:
+                        off.append((start + page * PAGE, node))
+            per_range.append(counts)
+        total = {}
+        for counts in per_range:
+            for n, c in counts.items():
+                total[n] = total.get(n, 0) + c
+        off = off[:max_off_node]
+        return FakeScanResult(total, per_range, sampled, absent, 0, [a for a, _ in off], [n for _, n in off])
+
+
+def mapping(start_mb, size_mb, path="", perms="rw-p"):
+    start = (0x7F0000000000 // PAGE + start_mb * MB_PAGES) * PAGE
+    return MapsEntry(start, start + size_mb * MB_PAGES * PAGE, perms, 0, "00:00", 0, path)
+
+
+def budget(pages_to_scan=1 << 30):
+    return ScanBudget(pages_to_scan=pages_to_scan, cpu_ceiling_percent=100, sleep=lambda s: None)
+
+
+def process(rss_pages, key=KEY):
+    return ProcessInfo(key, "python3", "python3", 0, "root", rss_pages * 4, 2, 0, 50.0, "/")
+
+
+# ---------------------------------------------------------------- what is sampled, how often
+
+def test_special_and_inaccessible_mappings_are_not_sampled():
+    maps = [mapping(0, 1, "[heap]"), mapping(1, 1, "[vvar]"), mapping(2, 1, "[vdso]"),
+            mapping(3, 1, "[vsyscall]", "--xp"), mapping(4, 1, "", "---p"), mapping(5, 1, "/lib/x.so", "r--p")]
+    assert [m.path for m in sampled_mappings(maps)] == ["[heap]", "/lib/x.so"]
+
+
+def test_stride_keeps_about_4096_resident_samples_and_bounds_the_cost():
+    assert choose_stride(rss_pages=1000, mapped_pages=3000, pages_to_scan=32768) == 1
+    gib = 262144
+    assert choose_stride(rss_pages=gib, mapped_pages=gib, pages_to_scan=32768) == 64
+    # sparse: little resident, much mapped: the cost bound decides
+    assert choose_stride(rss_pages=1000, mapped_pages=100 * gib, pages_to_scan=32768) == 800
+    assert choose_stride(rss_pages=gib, mapped_pages=gib, pages_to_scan=32768, fixed=7) == 7
+
+
+def test_cost_per_pass_is_bounded_by_pages_to_scan():
+    maps = [mapping(i * 64, 48) for i in range(40)]   # 40 mappings, 1.9 GiB
+    memory = FakeMemory(lambda addr: 0)
+    stride = choose_stride(1000, sum(m.pages for m in maps), 32768)
+    snap = sampled_snapshot(KEY, maps, stride, memory.scan_ranges, budget(), random.Random(1), 0.0)
+    assert snap.samples <= 32768 + len(maps)
+
+
+@settings(max_examples=80, deadline=None)
+@given(sizes=st.lists(st.integers(1, 300), min_size=1, max_size=8), stride=st.integers(1, 17),
+       grants=st.lists(st.integers(1, 50), min_size=1, max_size=5))
+def test_chunks_cover_every_mapping_once_cut_at_window_boundaries(sizes, stride, grants):
+    maps, at = [], 0
+    for size in sizes:
+        maps.append(MapsEntry(at * PAGE, (at + size) * PAGE, "rw-p", 0, "00:00", 0, ""))
+        at += size + 3
+    given_out = []
+
+    def take(wanted):
+        granted = min(wanted, grants[len(given_out) % len(grants)])
+        given_out.append(granted)
+        return granted
+
+    covered = {i: [] for i in range(len(maps))}
+    for chunk, granted in zip(mm_stats._window_chunks(maps, stride, take), iter(lambda: given_out[-1], None)):
+        windows = sum(math.ceil((end - start) / (stride * PAGE)) for _, start, end in chunk)
+        assert windows <= granted
+        for index, start, end in chunk:
+            assert (start - maps[index].start) % (stride * PAGE) == 0
+            covered[index].append((start, end))
+    for index, m in enumerate(maps):
+        pieces = covered[index]
+        assert pieces[0][0] == m.start and pieces[-1][1] == m.end
+        assert all(a[1] == b[0] for a, b in zip(pieces, pieces[1:]))
+
+
+# ---------------------------------------------------------------- sampled estimates
+
+def two_node_process():
+    """40 MiB on node 0 and 120 MiB on node 1 (the VM test's shape), a little heap with
+    holes, and a library mapped but mostly not resident."""
+    node0, node1 = mapping(0, 40), mapping(64, 120)
+    heap = mapping(256, 8, "[heap]")
+    lib = mapping(300, 4, "/usr/lib/libc.so.6", "r-xp")
+
+    def placement(addr):
+        if node0.start <= addr < node0.end:
+            return 0
+        if node1.start <= addr < node1.end:
+            return 1
+        if heap.start <= addr < heap.end:
+            return None if (addr // PAGE) % 3 == 0 else 1
+        if lib.start <= addr < lib.start + 64 * PAGE:
+            return 0
+        return None
+
+    maps = [node0, node1, heap, lib]
+    truth = {0: 40 * MB_PAGES + 64, 1: 120 * MB_PAGES + sum(1 for a in range(heap.start, heap.end, PAGE)
+                                                          if placement(a) is not None)}
+    return maps, FakeMemory(placement), truth
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_sampled_shares_are_within_2_points_of_the_truth(seed):
+    maps, memory, truth = two_node_process()
+    rss = sum(truth.values())
+    stride = choose_stride(rss, sum(m.pages for m in maps), 32768)
+    assert stride == 11
+    snap = sampled_snapshot(KEY, maps, stride, memory.scan_ranges, budget(), random.Random(seed), 0.0)
+    share = snap.node_share()
+    assert share[0] == pytest.approx(truth[0] / rss, abs=0.02)
+    assert share[1] == pytest.approx(truth[1] / rss, abs=0.02)
+    assert snap.total_pages == pytest.approx(rss, rel=0.03)
+    assert not snap.exact and snap.stride == stride and snap.samples > snap.absent > 0
+    # per mapping, too
+    assert snap.vmas[0].node_pages == {0: pytest.approx(40 * MB_PAGES, rel=0.001)}
+    assert snap.vmas[1].node_pages == {1: pytest.approx(120 * MB_PAGES, rel=0.001)}
+    # 186 samples of a heap with every third page absent: ~5 % standard error
+    assert snap.kind_node_pages()["heap"][1] == pytest.approx(8 * MB_PAGES * 2 / 3, rel=0.15)
+
+
+@pytest.mark.parametrize("stride", [2, 4, 8, 16])
+def test_interleaved_placement_is_not_aliased(stride):
+    area = mapping(0, 64)
+    memory = FakeMemory(lambda addr: (addr // PAGE) % 2)
+    snap = sampled_snapshot(KEY, [area], stride, memory.scan_ranges, budget(), random.Random(3), 0.0)
+    assert snap.node_share()[0] == pytest.approx(0.5, abs=0.02)
+
+
+def test_a_process_is_scanned_in_the_chunks_the_budget_grants():
+    maps, memory, truth = two_node_process()
+    snap = sampled_snapshot(KEY, maps, 11, memory.scan_ranges, budget(pages_to_scan=1000), random.Random(0), 0.0)
+    windows = sum(math.ceil(m.pages / 11) for m in maps)
+    assert len(memory.calls) == math.ceil(windows / 1000)
+    assert len(set(memory.seeds)) == len(memory.seeds)
+    for ranges, stride in memory.calls:
+        assert sum(math.ceil((end - start) / (stride * PAGE)) for start, end in ranges) <= 1000
+    assert snap.node_share()[0] == pytest.approx(truth[0] / sum(truth.values()), abs=0.02)
+
+
+def test_off_node_pages_are_kept_up_to_the_limit():
+    maps, memory, _ = two_node_process()
+    snap = sampled_snapshot(KEY, maps, 11, memory.scan_ranges, budget(pages_to_scan=500), random.Random(0),
+                            0.0, local_node=0, max_off_node=50)
+    assert len(snap.off_node_addrs) == 50
+    assert set(snap.off_node_nodes) == {1}
+
+
+def test_known_policies_label_sampled_mappings():
+    maps, memory, _ = two_node_process()
+    known = {maps[1].start: ("private", MemPolicy("bind", (1,)))}
+    snap = sampled_snapshot(KEY, maps, 11, memory.scan_ranges, budget(), random.Random(0), 0.0, known)
+    assert snap.vmas[1].policy == MemPolicy("bind", (1,))
+    assert snap.vmas[0].policy is None and snap.vmas[2].kind == "heap"
+    assert snap.self_placed_share() == 1.0   # of the memory whose policy is known
+
+
+# ---------------------------------------------------------------- exact snapshots
+
+def test_exact_snapshot_sums_numa_maps_in_base_pages():
+    files = KernelFiles(VM_TREE)
+    entries = procfs.read_numa_maps(files, MIXED)
+    snap = exact_snapshot(KEY, entries, procfs.read_maps(files, MIXED), 5.0)
+    expected = {}
+    for e in entries:
+        for node, pages in e.node_base_pages.items():
+            expected[node] = expected.get(node, 0) + pages
+    assert snap.exact and snap.node_pages == expected
+    rows = snap.kind_node_pages()
+    assert rows["huge"] == {1: 1024.0}
+    assert rows["heap"] == {0: 59.0, 1: 1181.0}
+    assert sum(sum(r.values()) for r in rows.values()) == snap.total_pages
+    assert not any(v.path in ("[vvar]", "[vdso]") for v in snap.vmas)
+    assert all(v.end > v.start for v in snap.vmas)
+    chosen = sum(sum(v.node_pages.values()) for v in snap.vmas if v.policy.chosen_by_process)
+    assert chosen == 3 * 1024
+    assert snap.self_placed_share() == pytest.approx(chosen / snap.total_pages)
+    assert snap.node_mb()[1] == pytest.approx(expected[1] * PAGE / (1 << 20))
+
+
+# ---------------------------------------------------------------- the table across passes
+
+def bound_placement(files):
+    """Every page of the fixture process on the node its mapping is bound to, else node 0."""
+    bound = [(e.start, e.policy.nodes[0]) for e in procfs.read_numa_maps(files, MIXED) if e.policy.mode == "bind"]
+    ends = {m.start: m.end for m in procfs.read_maps(files, MIXED)}
+
+    def placement(addr):
+        for start, node in bound:
+            if start <= addr < ends[start]:
+                return node
+        return 0
+    return placement
+
+
+def test_first_sight_is_exact_then_sampled_with_policies_kept():
+    files = KernelFiles(VM_TREE)
+    memory = FakeMemory(bound_placement(files))
+    table = MmStatsTable(files, scan_ranges=memory.scan_ranges, seed=1)
+    b = budget()
+    first = table.observe(process(9768), b)
+    assert first.exact and memory.calls == []
+    assert b.counters.pages_scanned == 9768 // mm_stats.NUMA_MAPS_PAGES_PER_SAMPLE
+    table.end_pass()
+    second = table.observe(process(9768), b)
+    assert not second.exact and memory.calls
+    assert table.get(KEY) is second
+    bind1 = next(v for v in second.vmas if v.policy == MemPolicy("bind", (1,)))
+    assert bind1.node_pages == {1: pytest.approx(1024, rel=0.01)}
+    assert table.counters.exact_reads == 1 and table.counters.processes_scanned == 2
+
+
+def test_numa_maps_is_read_again_every_so_many_passes():
+    files = KernelFiles(VM_TREE)
+    memory = FakeMemory(lambda addr: 0)
+    table = MmStatsTable(files, scan_ranges=memory.scan_ranges)
+    exact = []
+    for _ in range(mm_stats.EXACT_EVERY_PASSES + 2):
+        exact.append(table.observe(process(9768), budget()).exact)
+        table.end_pass()
+    assert exact[0] and exact[mm_stats.EXACT_EVERY_PASSES]
+    assert not any(exact[1:mm_stats.EXACT_EVERY_PASSES]) and not exact[-1]
+
+
+def test_process_exiting_mid_scan_is_a_debug_line_only(caplog):
+    files = KernelFiles(VM_TREE)
+
+    def gone(*args, **kwargs):
+        raise ProcessGone(errno.ESRCH, "No such process")
+
+    table = MmStatsTable(files, scan_ranges=gone)
+    table.observe(process(9768), budget())
+    with caplog.at_level(logging.DEBUG, logger="autonumad.mm_stats"):
+        assert table.observe(process(9768), budget()) is None
+    assert [r.levelno for r in caplog.records] == [logging.DEBUG]
+    assert "went away" in caplog.records[0].getMessage()
+    assert table.get(KEY) is None and table.counters.gone_mid_scan == 1
+
+
+def test_process_gone_before_its_maps_are_read():
+    table = MmStatsTable(KernelFiles(VM_TREE), scan_ranges=FakeMemory(lambda a: 0).scan_ranges)
+    assert table.observe(process(100, ProcessKey(4242, 1)), budget()) is None
+    assert table.counters.gone_mid_scan == 1
+
+
+def test_access_denied_keeps_the_previous_snapshot():
+    files = KernelFiles(VM_TREE)
+
+    def denied(*args, **kwargs):
+        raise AccessDenied(errno.EPERM, "Operation not permitted")
+
+    table = MmStatsTable(files, scan_ranges=denied)
+    first = table.observe(process(9768), budget())
+    table.end_pass()
+    assert table.observe(process(9768), budget()) is None
+    assert table.get(KEY) is first and table.counters.access_denied == 1
+
+
+def test_forget_drops_a_process():
+    table = MmStatsTable(KernelFiles(VM_TREE), scan_ranges=FakeMemory(lambda a: 0).scan_ranges)
+    table.observe(process(9768), budget())
+    table.forget([KEY])
+    assert table.get(KEY) is None
+    assert table.observe(process(9768), budget()).exact   # seen afresh

@@ -1,0 +1,209 @@
+"""Process discovery and filters, on a copy of the /proc tree captured in the 2-node VM."""
+
+import json
+import logging
+import os
+import shutil
+
+import pytest
+
+from autonumad.config import Config, PolicyConfig, ProcessesConfig
+from autonumad.kernel import procfs
+from autonumad.kernel.files import KernelFiles
+from autonumad.processes import (ProcessDiscovery, ProcessFilter, ProcessInfo, ProcessKey, compile_pattern,
+                                 find_processes)
+
+from conftest import FIXTURES
+
+VM_TREE = os.path.join(FIXTURES, "proc", "vm2node")
+PIDS = json.load(open(os.path.join(VM_TREE, "scenarios.json")))["pids"]
+MIXED, MEMBIND = PIDS["mixed"], PIDS["membind"]
+USER_PIDS = sorted(p for name, p in PIDS.items() if name != "kthread")
+NOT_US = -1
+
+
+class Clock:
+    def __init__(self, now=100.0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def tree(tmp_path):
+    shutil.copytree(VM_TREE, tmp_path / "vm")
+    return tmp_path / "vm"
+
+
+def set_stat_fields(tree, pid, **fields):
+    """Rewrite fields of proc/PID/stat, numbered as in proc(5): f14=utime, f22=starttime..."""
+    path = tree / "proc" / str(pid) / "stat"
+    text = path.read_text()
+    head, _, tail = text.rpartition(") ")
+    parts = tail.split()
+    for name, value in fields.items():
+        parts[int(name[1:]) - 3] = str(value)
+    path.write_text(f"{head}) {' '.join(parts)}\n")
+
+
+def set_uptime(tree, seconds):
+    (tree / "proc" / "uptime").write_text(f"{seconds:.2f} 1.00\n")
+
+
+def info(**overrides):
+    values = dict(key=ProcessKey(10, 5), comm="worker", exe_name="worker", uid=1000, user="alice",
+                  rss_kb=512 * 1024, num_threads=4, cpu_ticks=100, cpu_percent=50.0, cgroup="/system.slice/db.service")
+    values.update(overrides)
+    return ProcessInfo(**values)
+
+
+# ---------------------------------------------------------------- discovery
+
+def test_finds_every_user_process_and_skips_kernel_threads():
+    d = ProcessDiscovery(KernelFiles(VM_TREE), ProcessFilter(), own_pid=NOT_US).discover()
+    assert [p.pid for p in d.processes] == USER_PIDS
+    mixed = next(p for p in d.processes if p.pid == MIXED)
+    assert mixed.key == ProcessKey(MIXED, 1774)
+    assert mixed.comm == "python3" and mixed.user == "root" and mixed.uid == 0
+    assert mixed.rss_kb == 34976 + 4096   # VmRSS + HugetlbPages
+    assert mixed.num_threads == 2 and mixed.cgroup == "/"
+    assert d.new == sorted(p.key for p in d.processes) and d.left == []
+
+
+def test_skips_itself_and_zombies(tree):
+    set_stat_fields(tree, MEMBIND, f3="Z")
+    d = ProcessDiscovery(KernelFiles(str(tree)), ProcessFilter(), own_pid=MIXED).discover()
+    assert MIXED not in [p.pid for p in d.processes]
+    assert MEMBIND not in [p.pid for p in d.processes]
+
+
+def test_first_sight_cpu_use_is_over_the_lifetime(tree):
+    set_uptime(tree, 1774 / procfs.CLOCK_TICKS + 10)   # MIXED started 10 s ago
+    set_stat_fields(tree, MIXED, f14=200, f15=300)     # 5 s of CPU
+    d = ProcessDiscovery(KernelFiles(str(tree)), ProcessFilter(), own_pid=NOT_US).discover()
+    mixed = next(p for p in d.processes if p.pid == MIXED)
+    assert mixed.cpu_percent == pytest.approx(500 / procfs.CLOCK_TICKS / 10 * 100)
+
+
+def test_cpu_use_is_over_the_interval_since_the_last_discovery(tree):
+    clock = Clock(100.0)
+    discovery = ProcessDiscovery(KernelFiles(str(tree)), ProcessFilter(), clock=clock, own_pid=NOT_US)
+    discovery.discover()
+    stat = procfs.read_stat(KernelFiles(str(tree)), MIXED)
+    set_stat_fields(tree, MIXED, f14=stat.utime_ticks + procfs.CLOCK_TICKS * 3)  # 3 s of CPU...
+    clock.now += 4.0                                                             # ...in 4 s
+    d = discovery.discover()
+    mixed = next(p for p in d.processes if p.pid == MIXED)
+    assert mixed.cpu_percent == pytest.approx(75.0)
+    assert d.new == [] and d.left == []
+
+
+def test_pid_reuse_is_a_new_process(tree):
+    clock = Clock()
+    discovery = ProcessDiscovery(KernelFiles(str(tree)), ProcessFilter(), clock=clock, own_pid=NOT_US)
+    discovery.discover()
+    set_stat_fields(tree, MIXED, f22=5000)   # the PID now belongs to a process started later
+    set_uptime(tree, 5000 / procfs.CLOCK_TICKS + 1)
+    clock.now += 1
+    d = discovery.discover()
+    assert d.left == [ProcessKey(MIXED, 1774)]
+    assert d.new == [ProcessKey(MIXED, 5000)]
+    reused = next(p for p in d.processes if p.pid == MIXED)
+    # CPU use of the new process is its own (lifetime), not a difference with the old one's ticks
+    stat = procfs.read_stat(KernelFiles(str(tree)), MIXED)
+    assert reused.cpu_percent == pytest.approx(100 * stat.cpu_ticks / procfs.CLOCK_TICKS / 1, rel=0.01)
+
+
+def test_vanished_processes_are_skipped_with_a_debug_line(tree, caplog):
+    clock = Clock()
+    discovery = ProcessDiscovery(KernelFiles(str(tree)), ProcessFilter(), clock=clock, own_pid=NOT_US)
+    discovery.discover()
+    shutil.rmtree(tree / "proc" / str(MEMBIND))
+    os.makedirs(tree / "proc" / str(MEMBIND))   # listed, but gone before its stat was read
+    os.remove(tree / "proc" / str(MIXED) / "status")   # gone between two of its files
+    with caplog.at_level(logging.DEBUG, logger="autonumad.processes"):
+        d = discovery.discover()
+    assert MEMBIND not in [p.pid for p in d.processes] and MIXED not in [p.pid for p in d.processes]
+    assert sorted(k.pid for k in d.left) == [MIXED, MEMBIND]
+    assert all(r.levelno == logging.DEBUG for r in caplog.records)
+    assert any(f"pid {MEMBIND} went away" in r.getMessage() for r in caplog.records)
+
+
+def test_truncated_comm_matches_by_argv0(tree):
+    stat_path = tree / "proc" / str(MIXED) / "stat"
+    stat_path.write_text(stat_path.read_text().replace("(python3)", "(a_very_long_pro)"))
+    (tree / "proc" / str(MIXED) / "cmdline").write_bytes(b"/opt/bin/a_very_long_program_name\0--x\0")
+    found = find_processes(KernelFiles(str(tree)), "a_very_long_program_*", own_pid=NOT_US)
+    assert [p.pid for p in found] == [MIXED]
+    assert found[0].exe_name == "a_very_long_program_name"
+
+
+def test_find_processes_by_pid_or_name():
+    files = KernelFiles(VM_TREE)
+    assert [p.pid for p in find_processes(files, str(MEMBIND), own_pid=NOT_US)] == [MEMBIND]
+    assert [p.pid for p in find_processes(files, "python*", own_pid=NOT_US)] == USER_PIDS
+    assert find_processes(files, "kthreadd", own_pid=NOT_US) == []
+
+
+def test_thresholds_apply_to_discovery():
+    big = ProcessFilter(min_rss_mb=36)   # only MIXED has 38.9 MiB with its hugetlb pages
+    d = ProcessDiscovery(KernelFiles(VM_TREE), big, own_pid=NOT_US).discover()
+    assert [p.pid for p in d.processes] == [MIXED]
+
+
+# ---------------------------------------------------------------- filters
+
+def test_patterns_glob_and_regex_in_full():
+    assert compile_pattern("post*")("postgres")
+    assert not compile_pattern("post*")("xpostgres")
+    assert compile_pattern("re:post(gres|master)")("postmaster")
+    assert not compile_pattern("re:post")("postgres")   # matched in full
+    with pytest.raises(ValueError, match="regular expression"):
+        compile_pattern("re:(")
+
+
+def test_no_rules_admits_everything_above_thresholds():
+    assert ProcessFilter().rejection(info()) is None
+    assert "RSS" in ProcessFilter(min_rss_mb=1024).rejection(info())
+    assert "CPU" in ProcessFilter(min_cpu_percent=80).rejection(info())
+
+
+def test_include_rules_any_one_suffices():
+    f = ProcessFilter(include=("re:db[0-9]+",), include_pids=frozenset({10}))
+    assert f.rejection(info()) is None                          # by PID
+    assert f.rejection(info(key=ProcessKey(11, 5))) == "matches no include rule"
+    assert f.rejection(info(key=ProcessKey(11, 5), comm="db42")) is None
+    f = ProcessFilter(include_cgroups=("/system.slice/*.service",))
+    assert f.rejection(info()) is None
+    assert f.rejection(info(cgroup="/user.slice/x.scope")) is not None
+    f = ProcessFilter(include_users=("alice", 0))
+    assert f.rejection(info()) is None
+    assert f.rejection(info(uid=0, user="root")) is None
+    assert f.rejection(info(uid=7, user="bob")) is not None
+
+
+def test_exclude_rules_win_over_include():
+    f = ProcessFilter(include=("worker",), exclude=("work*",))
+    assert f.rejection(info()) == "command name excluded"
+    assert ProcessFilter(exclude_pids=frozenset({10})).rejection(info()) == "PID excluded"
+    assert "cgroup" in ProcessFilter(exclude_cgroups=("re:/system\\.slice/.*",)).rejection(info())
+    assert "user" in ProcessFilter(exclude_users=(1000,)).rejection(info())
+
+
+def test_admitted_process_stays_until_half_the_thresholds():
+    f = ProcessFilter(min_rss_mb=400, min_cpu_percent=20)
+    dipped = info(rss_kb=300 * 1024, cpu_percent=12.0)
+    assert f.rejection(dipped) is not None
+    assert f.rejection(dipped, admitted_before=True) is None
+    assert f.rejection(info(cpu_percent=9.0), admitted_before=True) is not None
+
+
+def test_filter_from_config():
+    config = Config(policy=PolicyConfig(min_rss_mb=300, min_cpu_percent=50.0),
+                    processes=ProcessesConfig(include=("re:java|mysqld",), exclude_pids=(1,),
+                                              include_users=("alice",)))
+    f = ProcessFilter.from_config(config)
+    assert f.min_rss_mb == 300 and f.min_cpu_percent == 50.0
+    assert f.rejection(info(comm="mysqld", uid=5, user="x", rss_kb=400 * 1024, cpu_percent=60)) is None
+    assert f.rejection(info(key=ProcessKey(1, 1), comm="mysqld", rss_kb=400 * 1024, cpu_percent=60)) == "PID excluded"

@@ -1,0 +1,275 @@
+"""Task statistics: run time per node, halving, threads coming and going, preferred node,
+and the paced arming of write-fault sampling (with a fake sampler)."""
+
+import errno
+import json
+import os
+
+import pytest
+
+from autonumad.kernel.files import AccessDenied, KernelFiles, ProcessGone
+from autonumad.kernel.procfs import ThreadSnapshot
+from autonumad.processes import ProcessKey
+from autonumad.task_stats import MIN_ACCESS_SAMPLES, TaskStatsTable, WriteFaultSampler
+
+from conftest import FIXTURES
+
+VM_TREE = os.path.join(FIXTURES, "proc", "vm2node")
+MIXED = json.load(open(os.path.join(VM_TREE, "scenarios.json")))["pids"]["mixed"]
+CPU_NODES = {0: 0, 1: 0, 2: 1, 3: 1}
+KEY = ProcessKey(100, 7)
+MS = 1_000_000
+
+
+def snap(tid, cpu, run_ms, start=50, comm="worker"):
+    return ThreadSnapshot(tid, comm, "R", start, cpu, run_ms * MS)
+
+
+def test_first_look_is_a_baseline_then_run_time_goes_to_the_current_node():
+    t = TaskStatsTable(CPU_NODES)
+    t.observe(KEY, [snap(101, 0, 5000)])
+    (th,) = t.threads(KEY)
+    assert th.looks == 1 and th.run_ns == {} and th.current_node == 0
+    assert th.preferred_node() == 0            # no history: where it runs now
+    t.observe(KEY, [snap(101, 3, 5300)])
+    (th,) = t.threads(KEY)
+    assert th.current_node == 1 and th.cpu == 3
+    # it moved between looks: the 300 ms are split between the old and the new node
+    assert th.run_ns == {0: 150 * MS, 1: 150 * MS}
+    t.observe(KEY, [snap(101, 2, 5700)])
+    assert t.threads(KEY)[0].run_share() == {0: pytest.approx(150 / 700), 1: pytest.approx(550 / 700)}
+    assert t.threads(KEY)[0].preferred_node() == 1
+
+
+def test_figures_are_halved_each_pass():
+    t = TaskStatsTable(CPU_NODES)
+    t.observe(KEY, [snap(101, 0, 0)])
+    t.observe(KEY, [snap(101, 0, 800)])
+    t.add_accesses(KEY, [(101, 0x1000, 0)] * 10, [1] * 10)
+    t.end_pass()
+    th = t.threads(KEY)[0]
+    assert th.run_ns == {0: 400 * MS} and th.accesses == {1: 5.0}
+    t.observe(KEY, [snap(101, 2, 1000)])      # 200 ms more, now on node 1
+    t.end_pass()
+    th = t.threads(KEY)[0]
+    assert th.run_ns == {0: 250 * MS, 1: 50 * MS}
+    assert th.accesses == {1: 2.5}
+
+
+def test_threads_come_and_go():
+    t = TaskStatsTable(CPU_NODES)
+    t.observe(KEY, [snap(101, 0, 100), snap(102, 2, 100)])
+    t.observe(KEY, [snap(101, 0, 200), snap(103, 2, 10)])      # 102 exited, 103 started
+    threads = {th.tid: th for th in t.threads(KEY)}
+    assert sorted(threads) == [101, 103]
+    assert threads[101].run_ns == {0: 100 * MS}
+    assert threads[103].looks == 1 and threads[103].run_ns == {}
+
+
+def test_a_reused_tid_starts_afresh():
+    t = TaskStatsTable(CPU_NODES)
+    t.observe(KEY, [snap(101, 0, 100, start=50)])
+    t.observe(KEY, [snap(101, 0, 900, start=50)])
+    t.observe(KEY, [snap(101, 2, 30, start=77)])      # a new thread got TID 101
+    (th,) = t.threads(KEY)
+    assert th.start_time == 77 and th.run_ns == {} and th.last_run_ns == 30 * MS
+
+
+def test_cpu_outside_the_topology_has_no_node():
+    t = TaskStatsTable(CPU_NODES)
+    t.observe(KEY, [snap(101, 9, 100)])
+    t.observe(KEY, [snap(101, 9, 200)])
+    th = t.threads(KEY)[0]
+    assert th.current_node is None and th.run_ns == {}
+
+
+def test_preferred_node_follows_accesses_once_there_are_enough():
+    t = TaskStatsTable(CPU_NODES)
+    t.observe(KEY, [snap(101, 0, 0)])
+    t.observe(KEY, [snap(101, 0, 1000)])        # it runs on node 0...
+    few = MIN_ACCESS_SAMPLES - 1
+    t.add_accesses(KEY, [(101, 0x1000, 0)] * few, [1] * few)
+    assert t.threads(KEY)[0].preferred_node() == 0
+    t.add_accesses(KEY, [(101, 0x2000, 0)], [1])   # ...but writes memory on node 1
+    assert t.threads(KEY)[0].preferred_node() == 1
+    assert t.threads(KEY)[0].access_share() == {1: 1.0}
+
+
+def test_accesses_of_unknown_threads_and_absent_pages_are_not_credited():
+    t = TaskStatsTable(CPU_NODES)
+    t.observe(KEY, [snap(101, 0, 0)])
+    credited = t.add_accesses(KEY, [(101, 0x1000, 0), (999, 0x2000, 1), (101, 0x3000, 0)], [1, 1, -errno.ENOENT])
+    assert credited == 1
+    assert t.add_accesses(ProcessKey(5, 5), [(5, 0x1000, 0)], [0]) == 0
+
+
+def test_nodes_run_on_counts_shares_and_current_nodes():
+    t = TaskStatsTable(CPU_NODES)
+    t.observe(KEY, [snap(101, 0, 0), snap(102, 1, 0)])
+    t.observe(KEY, [snap(101, 0, 950), snap(102, 1, 50)])
+    assert t.nodes_run_on(KEY) == {0}
+    assert t.process_run_ns(KEY) == {0: 1000 * MS}
+    t.observe(KEY, [snap(101, 0, 950), snap(102, 2, 60)])    # 102 moved to node 1 just now
+    assert t.nodes_run_on(KEY) == {0, 1}
+
+
+def test_look_reads_the_threads_of_a_fixture_process():
+    t = TaskStatsTable({0: 0, 1: 1})
+    key = ProcessKey(MIXED, 1774)
+    assert t.look(KernelFiles(VM_TREE), key)
+    nodes = {th.tid: th.current_node for th in t.threads(key)}
+    assert nodes[MIXED] == 0 and sorted(nodes.values()) == [0, 1]
+    assert t.nodes_run_on(key) == {0, 1}
+
+
+def test_look_at_a_gone_process_forgets_it():
+    t = TaskStatsTable({0: 0})
+    key = ProcessKey(4242, 1)
+    t.observe(key, [snap(4242, 0, 1)])
+    assert not t.look(KernelFiles(VM_TREE), key)
+    assert t.threads(key) == []
+
+
+def test_forget():
+    t = TaskStatsTable(CPU_NODES)
+    t.observe(KEY, [snap(101, 0, 1)])
+    t.forget([KEY])
+    assert t.threads(KEY) == []
+
+
+# ---------------------------------------------------------------- write-fault sampling
+
+class FakeCalls:
+    """numa_calls' fault-sampling and page-node entry points, scripted."""
+
+    def __init__(self, samples=(), page_node=lambda addr: 1, open_error=None):
+        self.samples = list(samples)
+        self.page_node = page_node
+        self.open_error = open_error
+        self.opened, self.closed = [], []
+
+    def open_fault_sampler(self, tids, pages=8):
+        if self.open_error:
+            raise self.open_error
+        handle = object()
+        self.opened.append((handle, list(tids)))
+        return handle
+
+    def read_fault_samples(self, handle):
+        out, self.samples = self.samples, []
+        return out
+
+    def close_fault_sampler(self, handle):
+        self.closed.append(handle)
+
+    def page_nodes(self, pid, addrs):
+        return [self.page_node(a) for a in addrs]
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def spread_table(*keys):
+    """Processes whose two threads ran on both nodes (pids 1000+)."""
+    t = TaskStatsTable(CPU_NODES)
+    for key in keys:
+        t.observe(key, [snap(key.pid, 0, 0), snap(key.pid + 1, 2, 0)])
+        t.observe(key, [snap(key.pid, 0, 500), snap(key.pid + 1, 2, 500)])
+    return t
+
+
+def sampler(tasks, calls, clock, **kwargs):
+    files = KernelFiles("/nonexistent", dry_run=True)
+    return files, WriteFaultSampler(files, tasks, calls, clock=clock, window_s=1.0, rearm_after_s=30.0, **kwargs)
+
+
+def test_arms_a_spread_process_and_credits_its_threads():
+    key = ProcessKey(1000, 1)
+    tasks, calls, clock = spread_table(key), FakeCalls(), Clock()
+    files, s = sampler(tasks, calls, clock)
+    s.poll([key])
+    assert calls.opened[0][1] == [1000, 1001]
+    assert files.writes == [("proc/1000/clear_refs", "4")]
+    calls.samples = [(1000, 0x5008, 0)] * 6 + [(1001, 0x9000, 2)] * 10
+    calls.page_node = lambda addr: 0 if addr == 0x5000 else 1
+    clock.now = 0.5
+    s.poll([key])                     # drained, window still open
+    assert calls.closed == []
+    clock.now = 1.0
+    s.poll([key])
+    assert len(calls.closed) == 1
+    threads = {th.tid: th for th in tasks.threads(key)}
+    assert threads[1000].accesses == {0: 6.0} and threads[1001].accesses == {1: 10.0}
+    assert s.counters.samples == 16 and s.counters.credited == 16 and s.counters.armed == 1
+
+
+def test_process_on_one_node_is_not_armed():
+    key = ProcessKey(1000, 1)
+    tasks = TaskStatsTable(CPU_NODES)
+    tasks.observe(key, [snap(1000, 0, 0), snap(1001, 1, 0)])    # CPUs 0 and 1: both node 0
+    calls = FakeCalls()
+    files, s = sampler(tasks, calls, Clock())
+    s.poll([key])
+    assert calls.opened == [] and files.writes == []
+
+
+def test_arming_is_paced():
+    a, b = ProcessKey(1000, 1), ProcessKey(2000, 1)
+    tasks, calls, clock = spread_table(a, b), FakeCalls(), Clock()
+    files, s = sampler(tasks, calls, clock, max_armed=1)
+    s.poll([a, b])
+    assert [w[0] for w in files.writes] == ["proc/1000/clear_refs"]      # one at a time
+    clock.now = 1.0
+    s.poll([a, b])                     # a's window is over: b's turn
+    assert [w[0] for w in files.writes] == ["proc/1000/clear_refs", "proc/2000/clear_refs"]
+    clock.now = 2.0
+    s.poll([a, b])
+    clock.now = 29.0
+    s.poll([a, b])                     # a was armed at 0 s: not again before 30 s
+    assert len(files.writes) == 2
+    clock.now = 30.0
+    s.poll([a, b])
+    assert files.writes[-1] == ("proc/1000/clear_refs", "4")
+
+
+def test_off_by_config_arms_nothing():
+    key = ProcessKey(1000, 1)
+    files, s = sampler(spread_table(key), None, Clock(), enabled=False)
+    s.poll([key])
+    assert files.writes == []
+
+
+def test_perf_unavailable_turns_sampling_off_with_one_warning(caplog):
+    key = ProcessKey(1000, 1)
+    calls = FakeCalls(open_error=OSError(errno.ENOSYS, "Function not implemented"))
+    clock = Clock()
+    files, s = sampler(spread_table(key), calls, clock)
+    s.poll([key])
+    clock.now = 100
+    s.poll([key])
+    assert not s.enabled and files.writes == []
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+
+
+def test_refused_or_gone_process_is_skipped():
+    key = ProcessKey(1000, 1)
+    for error in (AccessDenied(errno.EACCES, "denied"), ProcessGone(errno.ESRCH, "gone")):
+        files, s = sampler(spread_table(key), FakeCalls(open_error=error), Clock())
+        s.poll([key])
+        assert s.enabled and files.writes == []
+
+
+def test_forget_closes_an_armed_sampler():
+    key = ProcessKey(1000, 1)
+    calls = FakeCalls()
+    _, s = sampler(spread_table(key), calls, Clock())
+    s.poll([key])
+    s.forget([key])
+    assert len(calls.closed) == 1
+    s.close()
+    assert len(calls.closed) == 1
