@@ -1,0 +1,302 @@
+"""The C extension on real multi-node placement, checked against /proc/PID/numa_maps (2+ node VM).
+
+Every child process costs seconds under TCG, so tests that only look share one.
+"""
+
+import contextlib
+import errno
+import mmap
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from autonumad.kernel import numa_calls
+from autonumad.kernel.files import KernelFiles
+
+pytestmark = pytest.mark.vm
+
+PAGE = mmap.PAGESIZE
+BUFFER_PAGES = 16384  # 64 MiB
+UNTOUCHED = numa_calls.untouched_page_status()
+
+# A process holding one private buffer, placed segment by segment: each argument
+# PAGES:NODE writes the next PAGES pages bound to NODE ("-" = no binding of its
+# own, "untouched" = leave them untouched). Transparent huge pages are off for the
+# buffer so that page counts are exact and its mapping stays one VMA. It prints the
+# buffer's address once placed, then sleeps, allocating nothing more, until its
+# stdin closes.
+PLACED = """
+import mmap, os, sys
+from autonumad.kernel import numa_calls
+segments = [arg.split(":") for arg in sys.argv[1:]]
+buf = mmap.mmap(-1, sum(int(pages) for pages, _ in segments) * mmap.PAGESIZE,
+                flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+buf.madvise(mmap.MADV_NOHUGEPAGE)
+offset = 0
+for pages, node in segments:
+    length = int(pages) * mmap.PAGESIZE
+    if node.isdigit():
+        numa_calls.set_membind(int(node))
+    if node != "untouched":
+        numa_calls.sweep(buf, offset, length, 1, None)
+    numa_calls.reset_mempolicy()
+    offset += length
+print(numa_calls.buffer_address(buf), flush=True)
+os.read(0, 1)
+"""
+
+# A process whose two threads keep writing one half each of a 16 MiB buffer (THP
+# off: one write fault per 4 KiB page after clear_refs). It prints the buffer's
+# address and the two writers' thread ids, and runs until its stdin closes.
+WRITERS = """
+import mmap, os, threading
+from autonumad.kernel import numa_calls
+buf = mmap.mmap(-1, 4096 * mmap.PAGESIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+buf.madvise(mmap.MADV_NOHUGEPAGE)
+half = len(buf) // 2
+numa_calls.sweep(buf, 0, len(buf), 0, None)
+tids = [None, None]
+started = threading.Barrier(3)
+
+def writer(which):
+    tids[which] = threading.get_native_id()
+    started.wait()
+    seed = 1
+    while True:
+        numa_calls.sweep(buf, which * half, half, seed, None)
+        seed += 1
+
+for which in (0, 1):
+    threading.Thread(target=writer, args=(which,), daemon=True).start()
+started.wait()
+print(numa_calls.buffer_address(buf), *tids, flush=True)
+os.read(0, 1)
+"""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def numa_vm_without_kernel_balancing():
+    """Two or more nodes, and kernel.numa_balancing off while these tests run, as under
+    autonumad: the kernel's balancer would move the children's pages behind the tests'
+    back, and on 6.1 move_pages reports the pages it has just marked (PROT_NONE) as
+    -ENOENT, and cannot move them, until they are touched again."""
+    if numa_calls.max_node() < 1:
+        pytest.fail("the VM has a single NUMA node; these tests need 2 or more")
+    files = KernelFiles()
+    original = files.read_text("proc/sys/kernel/numa_balancing").strip()
+    files.write_text("proc/sys/kernel/numa_balancing", "0")
+    yield
+    files.write_text("proc/sys/kernel/numa_balancing", original)
+
+
+@contextlib.contextmanager
+def running(program, *args, prefix=(), busy=False):
+    """Run a Python program; yield (pid, the integers of its first output line).
+
+    Unless `busy`, wait until it sleeps after that line, so its memory no longer changes.
+    """
+    child = subprocess.Popen(
+        [*prefix, sys.executable, "-c", program, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        line = child.stdout.readline()
+        assert line, f"child exited with {child.wait()}"
+        if not busy:
+            wait_until_asleep(child.pid)
+        yield child.pid, [int(word) for word in line.split()]
+    finally:
+        child.stdin.close()
+        child.wait(timeout=60)
+
+
+def wait_until_asleep(pid):
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "S":
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"child {pid} never went to sleep")
+
+
+@contextlib.contextmanager
+def placed_process(*segments, prefix=()):
+    """Run PLACED with `segments`; yield (pid, (buffer start, buffer end))."""
+    pages = sum(int(segment.split(":")[0]) for segment in segments)
+    with running(PLACED, *segments, prefix=prefix) as (pid, (addr,)):
+        yield pid, (addr, addr + pages * PAGE)
+
+
+@pytest.fixture(scope="module")
+def split_process():
+    """A quarter of the buffer on node 0, the rest on node 1, then 256 untouched pages;
+    shared by the tests that only look."""
+    with placed_process("4096:0", "12288:1", "256:untouched") as placed:
+        yield placed
+
+
+def mappings(pid, skip=()):
+    """(start, end) of every VMA of pid, from /proc/PID/maps, but those named in `skip`."""
+    result = []
+    with open(f"/proc/{pid}/maps", encoding="ascii") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) < 6 or fields[5] not in skip:
+                result.append(tuple(int(x, 16) for x in fields[0].split("-")))
+    return result
+
+
+def numa_maps(pid):
+    """{VMA start: {node: pages}} from /proc/PID/numa_maps (base pages; THP are off here)."""
+    result = {}
+    with open(f"/proc/{pid}/numa_maps", encoding="ascii") as f:
+        for line in f:
+            fields = line.split()
+            counts = {}
+            for field in fields[2:]:
+                if field[0] == "N" and "=" in field:
+                    node, pages = field[1:].split("=")
+                    counts[int(node)] = int(pages)
+            result[int(fields[0], 16)] = counts
+    return result
+
+
+def buffer_vma(pid, buffer):
+    """The buffer's mapping, which must be exactly the buffer (nothing merged into it)."""
+    vma = next(vma for vma in mappings(pid) if vma[0] <= buffer[0] < vma[1])
+    assert vma == buffer
+    return vma
+
+
+def histogram(statuses):
+    counts = {}
+    for node in statuses:
+        if node >= 0:
+            counts[node] = counts.get(node, 0) + 1
+    return counts
+
+
+def page_addrs(start, end, step=1):
+    return list(range(start, end, step * PAGE))
+
+
+def test_page_nodes_agree_with_numa_maps_for_a_process_bound_by_numactl():
+    with placed_process(f"{BUFFER_PAGES}:-", prefix=("numactl", "--membind=1")) as (pid, buffer):
+        nodes = numa_calls.page_nodes(pid, page_addrs(*buffer_vma(pid, buffer)))
+        assert histogram(nodes) == numa_maps(pid)[buffer[0]] == {1: BUFFER_PAGES}
+
+
+def test_page_nodes_agree_with_numa_maps_for_a_split_buffer(split_process):
+    pid, buffer = split_process
+    nodes = numa_calls.page_nodes(pid, page_addrs(*buffer_vma(pid, buffer)))
+    assert histogram(nodes) == numa_maps(pid)[buffer[0]] == {0: 4096, 1: 12288}
+    assert nodes == [0] * 4096 + [1] * 12288 + [UNTOUCHED] * 256
+
+
+def test_scan_matches_numa_maps_exactly_at_stride_one_and_closely_at_stride_sixteen(split_process):
+    pid, buffer = split_process
+    exact = numa_maps(pid)[buffer[0]]
+    full = numa_calls.scan_ranges(pid, [buffer], 1, seed=1)
+    assert full.node_pages == exact
+    assert full.sampled == BUFFER_PAGES + 256
+    assert (full.absent, full.errors) == ((256, 0) if UNTOUCHED == -errno.ENOENT else (0, 256))
+    for seed in (1, 2, 3):
+        sampled = numa_calls.scan_ranges(pid, [buffer], 16, seed=seed)
+        assert sampled.sampled == (BUFFER_PAGES + 256) // 16
+        present = sum(sampled.node_pages.values())
+        for node, pages in exact.items():
+            assert abs(sampled.node_pages.get(node, 0) / present - pages / BUFFER_PAGES) <= 0.02
+
+
+def test_scan_collects_off_node_pages_that_really_are_off_node(split_process):
+    pid, (start, end) = split_process
+    result = numa_calls.scan_ranges(pid, [(start, end)], 4, seed=7, local_node=0, max_off_node=200)
+    assert result.off_node == result.node_pages[1]
+    assert len(result.off_node_addrs) == 200
+    assert set(result.off_node_nodes) == {1}
+    assert numa_calls.page_nodes(pid, result.off_node_addrs) == result.off_node_nodes
+    assert all(start + 4096 * PAGE <= addr < start + BUFFER_PAGES * PAGE for addr in result.off_node_addrs)
+
+
+def test_scan_of_every_mapping_matches_the_whole_numa_maps(split_process):
+    pid, _ = split_process
+    # numa_maps leaves out the vdso's pages (kernel pages); move_pages reports them.
+    ranges = mappings(pid, skip=("[vdso]",))
+    expected = {}
+    for counts in numa_maps(pid).values():
+        for node, pages in counts.items():
+            expected[node] = expected.get(node, 0) + pages
+    result = numa_calls.scan_ranges(pid, ranges, 1, seed=4)
+    assert result.node_pages == expected
+    assert len(result.range_node_pages) == len(ranges)
+
+
+def test_stride_sampling_of_an_interleaved_process_is_within_two_points():
+    with placed_process(f"{BUFFER_PAGES}:-", prefix=("numactl", "--interleave=0,1")) as (pid, buffer):
+        exact = numa_maps(pid)[buffer[0]]
+        assert min(exact.values()) > BUFFER_PAGES // 4
+        for seed in (1, 2, 3):
+            sampled = numa_calls.scan_ranges(pid, [buffer], 16, seed=seed)
+            for node, pages in exact.items():
+                assert abs(sampled.node_pages.get(node, 0) / sampled.sampled - pages / BUFFER_PAGES) <= 0.02
+
+
+def test_moved_pages_show_up_in_numa_maps():
+    with placed_process("4096:0", "12288:1", "16:untouched") as (pid, (start, _)):
+        to_node_0 = page_addrs(start + 4096 * PAGE, start + BUFFER_PAGES * PAGE, 4)
+        to_node_1 = page_addrs(start, start + 64 * PAGE)
+        untouched = start + BUFFER_PAGES * PAGE
+        pages = to_node_0 + to_node_1 + [untouched]
+        targets = [0] * len(to_node_0) + [1] * len(to_node_1) + [0]
+        status = numa_calls.move_pages(pid, pages, targets)
+        assert status == targets[:-1] + [UNTOUCHED]
+        moved = len(to_node_0) - len(to_node_1)
+        assert numa_maps(pid)[start] == {0: 4096 + moved, 1: 12288 - moved}
+        assert numa_calls.page_nodes(pid, pages) == status
+
+
+def test_migrate_process_pages_empties_a_node():
+    with placed_process("4096:0", "12288:1") as (pid, (start, _)):
+        assert numa_calls.migrate_process_pages(pid, [1], [0]) == 0
+        assert numa_maps(pid)[start] == {0: BUFFER_PAGES}
+
+
+def test_membind_places_this_threads_pages_on_the_other_node():
+    buf = mmap.mmap(-1, 64 * PAGE)
+    numa_calls.set_membind(1)
+    try:
+        numa_calls.sweep(buf, 0, len(buf), 1, None)
+    finally:
+        numa_calls.reset_mempolicy()
+    base = numa_calls.buffer_address(buf)
+    assert numa_calls.page_nodes(0, page_addrs(base, base + 64 * PAGE)) == [1] * 64
+    buf.close()
+
+
+def test_node_of_each_cpu_matches_sysfs():
+    for entry in os.listdir("/sys/devices/system/node"):
+        if entry.startswith("node") and entry[4:].isdigit():
+            with open(f"/sys/devices/system/node/{entry}/cpulist", encoding="ascii") as f:
+                cpulist = f.read().strip()
+            for part in filter(None, cpulist.split(",")):
+                first, _, last = part.partition("-")
+                for cpu in range(int(first), int(last or first) + 1):
+                    assert numa_calls.node_of_cpu(cpu) == int(entry[4:])
+
+
+def test_fault_sampling_after_clear_refs_attributes_writes_to_each_thread():
+    with running(WRITERS, busy=True) as (pid, (addr, *tids)):
+        half = 2048 * PAGE
+        with numa_calls.open_fault_sampler(tids, pages=64) as sampler:
+            KernelFiles().write_text(f"proc/{pid}/clear_refs", numa_calls.CLEAR_REFS_SOFT_DIRTY)
+            time.sleep(1.0)
+            samples = numa_calls.read_fault_samples(sampler)
+    halves = {tid: set() for tid in tids}
+    for tid, fault_addr, cpu in samples:
+        if addr <= fault_addr < addr + 2 * half:
+            halves[tid].add((fault_addr - addr) // half)
+        assert 0 <= cpu < os.cpu_count()
+    assert halves == {tids[0]: {0}, tids[1]: {1}}
