@@ -1,0 +1,360 @@
+"""The policy's rules, one hand-written snapshot each (see autonumad/policy.py)."""
+
+import random
+
+from autonumad.plan import ExchangeTasks, MigratePages, MoveTask, PolicyState
+from autonumad.policy import (NodeView, PageGroup, PolicyConfig, ProcessView, Snapshot, TaskView,
+                              plan_pass)
+
+NOW = 1000.0
+
+# 4 nodes in two near pairs: 10 within a node, 15 for 0-1 and 2-3, 25 otherwise (the S5 machine).
+PAIRS = [[10, 15, 25, 25], [15, 10, 25, 25], [25, 25, 10, 15], [25, 25, 15, 10]]
+
+
+def machine(count=2, cpus=1, free_mb=1000.0, total_mb=1024.0, distances=None, **free_by_node):
+    """`count` nodes with `cpus` CPUs each; distances 10/20 unless a matrix is given."""
+    def distance(a, b):
+        return distances[a][b] if distances else (10 if a == b else 20)
+
+    return tuple(
+        NodeView(n, tuple(range(n * cpus, (n + 1) * cpus)), free_by_node.get(f"free{n}", free_mb), total_mb,
+                 {m: distance(n, m) for m in range(count)})
+        for n in range(count))
+
+
+def thread(tid, node, runnable=1.0, **kw):
+    return TaskView(tid, node, runnable, **kw)
+
+
+def process(pid, threads, pages, groups=(), comm="app", **kw):
+    return ProcessView(pid, 5000 + pid, comm, pages, tuple(threads), tuple(groups), **kw)
+
+
+def plan(nodes, *processes, state=PolicyState(), time=NOW, **config):
+    return plan_pass(Snapshot(time, nodes, processes), state, PolicyConfig(**config))
+
+
+def moves(p):
+    """{tid: (from, to)} of every thread move in a plan."""
+    out = {}
+    for action in p.actions:
+        for move in action.moves if isinstance(action, ExchangeTasks) else [action]:
+            if isinstance(move, MoveTask):
+                out[move.tid] = (move.from_node, move.to_node)
+    return out
+
+
+def migrations(p):
+    return [a for a in p.actions if isinstance(a, MigratePages)]
+
+
+def two_passes(nodes, *processes, **config):
+    """The second of two passes over the same snapshot (the last_nid filter needs two)."""
+    first = plan(nodes, *processes, **config)
+    return first, plan(nodes, *processes, state=first.state, time=NOW + 1, **config)
+
+
+# ------------------------------------------------------------------------------ CPU follows memory
+
+def test_cpu_follows_memory_swaps_two_processes():
+    a = process(811, [thread(811, 0)], {1: 1000}, [PageGroup(1, 1, 1000)])
+    b = process(812, [thread(812, 1)], {0: 1000}, [PageGroup(1, 0, 1000)])
+    first, second = two_passes(machine(), a, b)
+    assert len(first.actions) == 1 and isinstance(first.actions[0], ExchangeTasks)
+    assert moves(first) == {811: (0, 1), 812: (1, 0)}
+    assert first.actions[0].reason == "swap of pid 811 tid 811 and pid 812 tid 812 raises total weight 0 -> 2000"
+    assert first.state.group_target == {}
+    assert migrations(second) == []
+
+
+def test_cpu_follows_memory_rotates_four_processes():
+    procs = [process(100 + n, [thread(100 + n, n)], {(n + 1) % 4: 1000}) for n in range(4)]
+    p = plan(machine(4), *procs)
+    assert len(p.actions) == 1
+    assert moves(p) == {100: (0, 1), 101: (1, 2), 102: (2, 3), 103: (3, 0)}
+    assert p.actions[0].reason == "rotation of 4 threads raises total weight 0 -> 4000"
+
+
+def test_thread_moves_to_its_memory_node_when_that_node_has_an_idle_cpu():
+    p = plan(machine(), process(811, [thread(811, 0)], {0: 28, 1: 72}))
+    assert p.actions == (MoveTask(811, 5811, 811, "app", 0, 1,
+                                  "72% of its memory is on node 1, 28% on node 0; node 1 has an idle CPU"),)
+    assert p.state.task_moved_at == {(811, 5811, 811): NOW}
+
+
+def test_small_gain_is_no_move():
+    assert plan(machine(), process(811, [thread(811, 0)], {0: 45, 1: 55})).actions == ()
+
+
+def test_equal_weights_leave_threads_where_they_run():
+    a = process(811, [thread(811, 0)], {0: 500, 1: 500})
+    b = process(812, [thread(812, 1)], {0: 500, 1: 500})
+    assert plan(machine(), a, b).actions == ()
+
+
+def test_never_more_runnable_threads_on_a_node_than_cpus_while_another_idles():
+    a = process(811, [thread(811, 0)], {0: 1000})
+    b = process(812, [thread(812, 0)], {0: 1000})
+    p = plan(machine(), a, b)
+    assert moves(p) == {811: (0, 1)}
+    assert p.actions[0].reason == "node 0 has 2 runnable threads on 1 CPUs; node 1 has an idle CPU"
+    assert p.state.task_moved_at == {}, "a thread moved only to make room is not settled"
+
+
+def test_overcommitted_machine_spreads_its_extra_threads_evenly():
+    procs = [process(800 + k, [thread(800 + k, 0)], {0: 1000}) for k in range(4)]
+    p = plan(machine(), *procs)
+    assert sorted(moves(p).values()) == [(0, 1), (0, 1)]
+
+
+def test_threads_under_the_runnable_threshold_neither_move_nor_take_a_cpu():
+    sleeper = process(811, [thread(811, 1, runnable=0.05)], {0: 1000})
+    worker = process(812, [thread(812, 0)], {1: 1000})
+    assert moves(plan(machine(), sleeper, worker)) == {812: (0, 1)}
+
+
+def test_a_thread_displaced_from_its_memory_node_goes_to_the_nearest_node():
+    a = process(811, [thread(811, 0, user_pinned=True)], {0: 1000})
+    b = process(812, [thread(812, 0)], {0: 1000})
+    p = plan(machine(4, distances=PAIRS), a, b)
+    assert moves(p) == {812: (0, 1)}
+
+
+def test_thread_statistics_override_the_process_when_they_differ():
+    numa02 = process(300, [thread(301, 0, access_pages={0: 50, 1: 950}),
+                           thread(302, 1, access_pages={0: 950, 1: 50})], {0: 500, 1: 500})
+    p = plan(machine(), numa02)
+    assert moves(p) == {301: (0, 1), 302: (1, 0)}
+    assert p.actions[0].moves[0].reason == "95% of its own accesses are on node 1, 5% on node 0"
+
+
+def test_thread_statistics_close_to_the_process_are_not_used():
+    p = process(300, [thread(301, 0, access_pages={0: 40, 1: 60})], {0: 30, 1: 70})
+    assert plan(machine(), p).actions[0].reason.startswith("70% of its memory is on node 1")
+
+
+def test_a_displaced_thread_is_not_settled():
+    mover = process(811, [thread(811, 0)], {1: 1000})
+    indifferent = process(812, [thread(812, 1)], {0: 500, 1: 500})
+    p = plan(machine(), mover, indifferent)
+    assert moves(p) == {811: (0, 1), 812: (1, 0)}
+    assert p.actions[0].moves[1].reason == "makes room for pid 811 tid 811"
+    assert set(p.state.task_moved_at) == {(811, 5811, 811)}
+
+
+def test_a_settled_thread_stays_until_settle_seconds_pass():
+    state = PolicyState(task_moved_at={(811, 5811, 811): NOW - 5})
+    p = process(811, [thread(811, 0)], {1: 1000})
+    assert plan(machine(), p, state=state, settle_seconds=10).actions == ()
+    assert moves(plan(machine(), p, state=state, time=NOW + 5, settle_seconds=10)) == {811: (0, 1)}
+
+
+def test_a_pinned_thread_never_moves_but_keeps_its_cpu():
+    pinned = process(811, [thread(811, 1, user_pinned=True)], {0: 1000})
+    other = process(812, [thread(812, 0)], {1: 1000})
+    whole_process_pinned = process(813, [thread(813, 1)], {0: 1000}, user_pinned=True)
+    assert plan(machine(), pinned, other).actions == ()
+    assert plan(machine(), whole_process_pinned, other).actions == ()
+
+
+def test_a_thread_is_only_placed_on_nodes_its_cpuset_allows():
+    p = process(811, [thread(811, 0, allowed_nodes=frozenset({0, 2}))], {1: 700, 2: 300})
+    assert moves(plan(machine(3), p)) == {811: (0, 2)}
+
+
+def test_process_bigger_than_one_node_spans_the_nearest_pair():
+    # numa01 shape on 4 one-CPU nodes: 2 processes x 2 threads, each thread sweeps all of its process's memory.
+    a = process(500, [thread(501, 0), thread(502, 2)], {0: 1000})
+    b = process(600, [thread(601, 1), thread(602, 3)], {2: 1000})
+    p = plan(machine(4, distances=PAIRS), a, b)
+    assert moves(p) == {502: (2, 1), 601: (1, 2)}
+    assert p.actions[0].moves[1].reason.startswith("its process spans nodes 0-1, the fewest and nearest")
+
+
+def test_processes_bigger_than_one_node_sharing_one_memory_node_split_into_pairs():
+    a = process(500, [thread(501, 0), thread(502, 2)], {0: 1000})
+    b = process(600, [thread(601, 1), thread(602, 3)], {0: 1000})
+    p = plan(machine(4, distances=PAIRS), a, b)
+    placed = {501: 0, 502: 2, 601: 1, 602: 3} | {tid: to for tid, (_, to) in moves(p).items()}
+    assert {placed[501], placed[502]} == {0, 1} and {placed[601], placed[602]} == {2, 3}
+
+
+def test_a_spanning_process_once_placed_stays():
+    a = process(500, [thread(501, 0), thread(502, 1)], {0: 600, 1: 400})
+    b = process(600, [thread(601, 2), thread(602, 3)], {0: 500, 1: 500})
+    assert plan(machine(4, distances=PAIRS), a, b).actions == ()
+
+
+def test_max_moves_per_pass_takes_the_best_pieces_and_holds_the_rest_back():
+    a = process(1, [thread(1, 0)], {1: 1000}, [PageGroup(1, 2, 100)])
+    b = process(2, [thread(2, 1)], {0: 1000})
+    c = process(3, [thread(3, 2)], {3: 600, 2: 400}, [PageGroup(1, 3, 100)])
+    d = process(4, [thread(4, 3)], {2: 600, 3: 400})
+    p = plan(machine(4), a, b, c, d, max_moves_per_pass=2)
+    assert moves(p) == {1: (0, 1), 2: (1, 0)}
+    assert p.state.group_target == {}, "the held-back swap still counts as about to move"
+
+
+def test_a_rotation_bigger_than_the_whole_move_budget_goes_alone():
+    procs = [process(100 + n, [thread(100 + n, n)], {(n + 1) % 4: 1000}) for n in range(4)]
+    assert len(moves(plan(machine(4), *procs, max_moves_per_pass=2))) == 4
+
+
+def test_switching_cpu_follows_memory_off_leaves_threads_and_moves_memory():
+    p = process(811, [thread(811, 0)], {1: 1000}, [PageGroup(1, 1, 100)])
+    first, second = two_passes(machine(), p, cpu_follows_memory=False)
+    assert first.actions == ()
+    assert [(m.from_node, m.to_node) for m in second.actions] == [(1, 0)]
+
+
+def test_plan_is_the_same_whatever_order_the_snapshot_lists_things_in():
+    nodes = machine(4, cpus=2, distances=PAIRS)
+    procs = [process(100 + k, [thread(1000 + 10 * k + t, (k + t) % 4, access_pages={t % 4: 5})
+                               for t in range(3)],
+                     {(k + 1) % 4: 700, k % 4: 300}, [PageGroup(g, g % 4, 10 * g + 1) for g in range(3)])
+             for k in range(5)]
+    expected = plan(nodes, *procs)
+    rng = random.Random(4)
+    for _ in range(5):
+        shuffled = [ProcessView(p.pid, p.start_time, p.comm, p.node_pages, tuple(rng.sample(p.tasks, 3)),
+                                tuple(rng.sample(p.page_groups, 3))) for p in rng.sample(procs, 5)]
+        assert plan(tuple(rng.sample(nodes, 4)), *shuffled) == expected
+
+
+def test_describe_gives_one_line_with_pid_comm_what_from_to_and_why():
+    a = process(811, [thread(811, 0)], {1: 1000}, comm="numa01")
+    b = process(812, [thread(812, 1)], {0: 1000}, comm="numa01")
+    assert plan(machine(), a).describe() == [
+        "move pid 811 (numa01) tid 811 node 0 -> 1: 100% of its memory is on node 1, 0% on node 0; "
+        "node 1 has an idle CPU"]
+    assert plan(machine(), a, b).describe() == [
+        "exchange pid 811 (numa01) tid 811 node 0 -> 1, pid 812 (numa01) tid 812 node 1 -> 0: "
+        "swap of pid 811 tid 811 and pid 812 tid 812 raises total weight 0 -> 2000"]
+
+
+# ------------------------------------------------------------------------------ memory follows CPU
+
+def test_memory_follows_a_pinned_thread_after_two_passes():
+    pinned = process(811, [thread(811, 1, user_pinned=True)], {0: 1000}, [PageGroup(7, 0, 1000)])
+    first, second = two_passes(machine(), pinned)
+    assert first.actions == () and first.state.group_target == {(811, 5811, 7): 1}
+    assert second.actions == (MigratePages(811, 5811, "app", 7, 0, 1, 1000,
+                                           "its threads run on node 1; two passes agree"),)
+    assert second.state.group_migrated_at == {(811, 5811, 7): NOW + 1}
+
+
+def test_numa02_pinned_threads_pull_their_own_slices_across():
+    # Each thread pinned to its node, each slice first touched on the other node.
+    numa02 = process(200, [thread(201, 0, user_pinned=True), thread(202, 1, user_pinned=True)], {0: 500, 1: 500},
+                     [PageGroup(1, 1, 500, {201: 80}), PageGroup(2, 0, 500, {202: 75, 201: 5})])
+    first, second = two_passes(machine(), numa02)
+    assert first.actions == ()
+    assert [(m.group_id, m.from_node, m.to_node) for m in second.actions] == [(1, 1, 0), (2, 0, 1)]
+    assert second.actions[1].reason == "94% of its sampled touches are from threads on node 1; two passes agree"
+
+
+def test_pages_of_a_process_whose_threads_run_on_several_nodes_follow_the_touching_threads():
+    p = process(200, [thread(201, 0, user_pinned=True), thread(202, 1, user_pinned=True)], {},
+                [PageGroup(1, 2, 100, {201: 10}),          # -> node 0
+                 PageGroup(2, 0, 100, {201: 2, 202: 30}),  # -> node 1
+                 PageGroup(3, 3, 100),                     # nobody touched it: stays
+                 PageGroup(4, 0, 100, {201: 50, 202: 50}),  # shared evenly and already with a user: stays
+                 PageGroup(5, 0, 100, {201: 47, 202: 53}),  # too small a difference: stays
+                 PageGroup(6, 3, 100, {999: 40})])          # touched by a thread that is gone: stays
+    _, second = two_passes(machine(4), p)
+    assert [(m.group_id, m.to_node) for m in second.actions] == [(1, 0), (2, 1)]
+
+
+def test_the_two_pass_filter_cancels_when_the_wanted_node_changes():
+    def pinned_on(node):
+        return process(811, [thread(811, node, user_pinned=True)], {2: 100}, [PageGroup(1, 2, 100)])
+    nodes = machine(3)
+    first = plan(nodes, pinned_on(0))
+    second = plan(nodes, pinned_on(1), state=first.state, time=NOW + 1)
+    third = plan(nodes, pinned_on(1), state=second.state, time=NOW + 2)
+    assert first.actions == second.actions == ()
+    assert [(m.from_node, m.to_node) for m in third.actions] == [(2, 1)]
+
+
+def test_a_process_with_its_own_memory_policy_keeps_its_memory():
+    bound = process(811, [thread(811, 1, user_pinned=True)], {0: 1000}, [PageGroup(1, 0, 1000)], own_mempolicy=True)
+    first, second = two_passes(machine(), bound)
+    assert first.actions == second.actions == ()
+
+
+def test_pages_of_a_process_about_to_move_stay_put():
+    p = process(811, [thread(811, 0)], {1: 1000}, [PageGroup(1, 1, 1000)])
+    state = PolicyState(group_target={(811, 5811, 1): 0})
+    result = plan(machine(), p, state=state)
+    assert moves(result) == {811: (0, 1)} and migrations(result) == []
+    assert result.state.group_target == {}
+
+
+def test_migrations_take_the_largest_gains_first_within_the_page_budget():
+    p = process(811, [thread(811, 0, user_pinned=True)], {1: 600},
+                [PageGroup(1, 1, 100), PageGroup(2, 1, 300), PageGroup(3, 1, 200)])
+    _, second = two_passes(machine(), p, pages_to_migrate=450)
+    assert [(m.group_id, m.pages) for m in second.actions] == [(2, 300), (1, 100)]
+
+
+def test_a_group_bigger_than_the_whole_budget_goes_alone():
+    p = process(811, [thread(811, 0, user_pinned=True)], {1: 600}, [PageGroup(1, 1, 500), PageGroup(2, 1, 50)])
+    _, second = two_passes(machine(), p, pages_to_migrate=100)
+    assert [m.group_id for m in second.actions] == [1]
+
+
+def test_a_full_node_spills_to_the_nearest_node_with_room():
+    # 256 pages of 1 MiB; node 0 has 300 MB free, so receiving them would leave it under its 256 MB reserve.
+    p = process(811, [thread(811, 0, user_pinned=True)], {3: 256}, [PageGroup(1, 3, 256)])
+    _, second = two_passes(machine(4, distances=PAIRS, free0=300.0), p, page_size=2**20)
+    assert [(m.from_node, m.to_node) for m in second.actions] == [(3, 1)]
+    assert second.actions[0].reason == ("its threads run on node 0; two passes agree; node 0 would fall below its "
+                                        "256 MB free reserve, node 1 is the nearest with room")
+
+
+def test_no_spill_to_a_node_no_nearer_than_where_the_pages_are():
+    p = process(811, [thread(811, 0, user_pinned=True)], {1: 256}, [PageGroup(1, 1, 256)])
+    _, second = two_passes(machine(4, distances=PAIRS, free0=300.0), p, page_size=2**20)
+    assert second.actions == ()
+
+
+def test_the_reserve_counts_pages_already_queued_this_pass():
+    a = process(811, [thread(811, 0, user_pinned=True)], {1: 200}, [PageGroup(1, 1, 200)])
+    b = process(812, [thread(812, 0, user_pinned=True)], {1: 100}, [PageGroup(1, 1, 100)])
+    _, second = two_passes(machine(free0=500.0), a, b, page_size=2**20)
+    assert [(m.pid, m.to_node) for m in second.actions] == [(811, 0)]
+
+
+def test_the_reserve_may_be_a_percentage_of_the_node():
+    p = process(811, [thread(811, 0, user_pinned=True)], {1: 100}, [PageGroup(1, 1, 100)])
+    _, second = two_passes(machine(free0=600.0), p, page_size=2**20, node_reserve_mb=0, node_reserve_percent=50)
+    assert second.actions == ()
+
+
+def test_a_group_just_migrated_is_not_migrated_again_within_settle_seconds():
+    nodes = machine(3)
+    on_node = [process(811, [thread(811, n, user_pinned=True)], {2: 100}, [PageGroup(1, 2, 100)]) for n in (0, 1)]
+    first, second = two_passes(nodes, on_node[0])
+    assert migrations(second)
+    # The thread is now pinned to node 1 and the group arrived on node 0.
+    moved = process(811, [thread(811, 1, user_pinned=True)], {0: 100}, [PageGroup(1, 0, 100)])
+    third = plan(nodes, moved, state=second.state, time=NOW + 2, settle_seconds=10)
+    fourth = plan(nodes, moved, state=third.state, time=NOW + 3, settle_seconds=10)
+    assert third.actions == fourth.actions == ()
+    later = plan(nodes, moved, state=fourth.state, time=NOW + 12, settle_seconds=10)
+    later = plan(nodes, moved, state=later.state, time=NOW + 13, settle_seconds=10)
+    assert [(m.from_node, m.to_node) for m in later.actions] == [(0, 1)]
+
+
+def test_switching_memory_follows_cpu_off_moves_no_pages():
+    pinned = process(811, [thread(811, 1, user_pinned=True)], {0: 1000}, [PageGroup(7, 0, 1000)])
+    first, second = two_passes(machine(), pinned, memory_follows_cpu=False)
+    assert first.actions == second.actions == ()
+
+
+def test_state_forgets_threads_and_groups_that_are_gone():
+    state = PolicyState(task_moved_at={(1, 5001, 1): NOW - 1, (9, 1, 9): NOW - 1},
+                        group_target={(9, 1, 1): 0}, group_migrated_at={(9, 1, 1): NOW - 1})
+    p = plan(machine(), process(1, [thread(1, 0)], {0: 10}), state=state)
+    assert p.state == PolicyState(task_moved_at={(1, 5001, 1): NOW - 1})
