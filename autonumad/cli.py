@@ -14,12 +14,26 @@ import sys
 VERBS: dict[str, tuple[str, str]] = {
     "topology": ("topology", "show NUMA nodes, CPUs, memory and distances (like numactl -H)"),
     "show": ("show", "show a process's memory per node (like numastat -p) and where its threads run"),
+    "top": ("top", "processes ranked by remote memory, per node, refreshed live (like top)"),
+    "status": ("status", "is the daemon balancing, and why not; nodes, managed processes, counters"),
+    "stats": ("stats", "the daemon's scanner and migration counters (AutoNUMA-style)"),
+    "get": ("knob_get", "print runtime knobs (AutoNUMA's pacing knobs) from the daemon"),
+    "set": ("knob_set", "change a runtime knob in the daemon until the next reload (root)"),
+    "enable": ("switch", "resume balancing (root)"),
+    "disable": ("switch", "stop balancing and restore the affinities the daemon set (root)"),
+    "reload": ("reload", "make the daemon re-read its config file; a bad file is refused (root)"),
+    "advise": ("advise", "nodes a job of CPUS[:MB] should be started on now (like numad -w)"),
+    "completion": ("completion", "print a bash or zsh completion script"),
+    "service": ("service", "install or uninstall the systemd unit and example config (root)"),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autonumactl", description="Inspect and control autonumad.")
     parser.add_argument("--root", default="/", help=argparse.SUPPRESS)
+    parser.add_argument("--socket", metavar="PATH",
+                        help="the daemon's control socket (default: daemon.control_socket in "
+                             "/etc/autonumad.conf, else /run/autonumad/control.sock)")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     sub.required = True
     for verb, (module_name, help_text) in VERBS.items():

@@ -1,0 +1,542 @@
+"""The daemon loop: observe, decide, act, pass after pass; and what it tells the world.
+
+One pass: discover the processes to balance, look at their threads (task
+statistics), scan their memory (mm statistics, paced by the scan budget), poll the
+write-fault sampler, build the policy's snapshot, ask the policy for a plan, and
+hand the plan to the actuator (or, with --dry-run, print it). Between passes it
+sleeps `scan_sleep_pass_millisecs`, or a fifth of that (at least 1 s) while the
+last pass found something to do, the way AutoNUMA's scan interval shortens while
+pages are misplaced and backs off once the system has settled.
+
+The control socket's handlers run on the server's thread. They read the status the
+last pass published and make changes under `lock`, which the loop holds only
+while it applies actions and swaps configuration, never while it sleeps.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from autonumad import __version__
+from autonumad.actuator import Actuator, MigrationRateLimit, page_status_counts
+from autonumad.config import Config, ConfigError, load_config
+from autonumad.control_protocol import ProtocolError
+from autonumad.control_server import ControlServer
+from autonumad.kernel.files import KernelFiles, ProcessGone
+from autonumad.kernel.live_ops import LiveKernelOps
+from autonumad.kernel import sched
+from autonumad.log_setup import set_level
+from autonumad.mm_stats import MmStatsTable
+from autonumad.numa_balancing_sysctl import disable_numa_balancing, read_numa_balancing, restore_numa_balancing
+from autonumad.off_switch import noautonuma_on_cmdline, off_reason
+from autonumad.placement_advice import advise
+from autonumad.plan import ExchangeTasks, MigratePages, MoveTask, Plan, PolicyState
+from autonumad.policy import PolicyConfig, plan_pass
+from autonumad.policy_snapshot import GroupRange, SnapshotBuilder, node_mb, process_locality
+from autonumad.processes import ProcessDiscovery, ProcessFilter, ProcessKey
+from autonumad.scan_pacing import ScanBudget
+from autonumad.state_file import DaemonState, StateFile
+from autonumad.systemd_notify import Notifier
+from autonumad.task_stats import TaskStatsTable, WriteFaultSampler
+from autonumad.topology import Topology, read_topology
+
+log = logging.getLogger("autonumad")
+
+ACTIVE_PASS_FRACTION = 5
+MIN_ACTIVE_PASS_S = 1.0
+IDLE_TICK_S = 1.0
+
+
+class _Interrupted(Exception):
+    """The pass was cut short: stop, reload or disable was asked for."""
+
+
+def policy_config(config: Config) -> PolicyConfig:
+    return PolicyConfig(
+        settle_seconds=float(config.policy.settle_seconds),
+        node_reserve_mb=float(config.migrate.node_reserve_mb),
+        node_reserve_percent=float(config.migrate.node_reserve_percent),
+        cpu_follows_memory=config.policy.cpu_follows_memory,
+        memory_follows_cpu=config.policy.memory_follows_cpu,
+        pages_to_migrate=config.migrate.pages_to_migrate,
+    )
+
+
+@dataclass
+class PassReport:
+    at: float | None = None
+    duration_s: float = 0.0
+    actions: int = 0
+    processes: int = 0
+    new_processes: int = 0
+    lines: list[str] = field(default_factory=list)
+
+
+class Daemon:
+    def __init__(self, config: Config, config_path: str, files: KernelFiles, dry_run: bool = False,
+                 notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.files = files
+        self.dry_run = dry_run
+        self.notifier = notifier or Notifier()
+        self.lock = threading.RLock()
+        self.stop_event = threading.Event()
+        self.reload_requested = False
+        self.runtime_enabled = True
+        self.started_at = time.time()
+        self.counters: Counter = Counter()
+        self.last_pass = PassReport()
+        self.published: dict[str, Any] = {"managed_processes": [], "managed_threads": {}}
+        self.noautonuma = noautonuma_on_cmdline(files)
+        self.topology: Topology = read_topology(files)
+        self.state_file = StateFile(config.daemon.state_file)
+        self.state = self._load_state()
+        self.actuator = Actuator(LiveKernelOps(files), self._node_cpus, self.state,
+                                 None if dry_run else self.state_file,
+                                 MigrationRateLimit(config.migrate.pages_to_migrate,
+                                                    config.migrate.migrate_sleep_millisecs))
+        self.discovery = ProcessDiscovery(files, ProcessFilter.from_config(config))
+        self.mm = MmStatsTable.from_config(files, config)
+        self.tasks = TaskStatsTable(self.topology.cpu_nodes)
+        self.sampler = WriteFaultSampler(files, self.tasks, enabled=config.scan.fault_sampling)
+        self.budget = ScanBudget.from_config(config.scan, sleep=self._sleep)
+        self.builder = SnapshotBuilder()
+        self.policy_state = PolicyState()
+        self.policy_config = policy_config(config)
+        self.groups: dict[tuple[int, int], dict[int, GroupRange]] = {}
+        self.rng = random.Random()
+        self.server: ControlServer | None = None
+        self.managed_keys: list[ProcessKey] = []
+
+    # ------------------------------------------------------------------ set-up and tear-down
+    def _load_state(self) -> DaemonState:
+        try:
+            return self.state_file.load()
+        except ValueError as exc:
+            aside = self.state_file.path + ".corrupt"
+            log.error("%s; kept as %s, starting with an empty record", exc, aside)
+            try:
+                os.replace(self.state_file.path, aside)
+            except OSError:
+                pass
+            return DaemonState()
+
+    def _save_state(self, state: DaemonState) -> None:
+        if not self.dry_run:
+            self.state_file.save(state)
+
+    def _node_cpus(self, node: int) -> frozenset[int]:
+        n = self.topology.nodes.get(node)
+        return frozenset(n.cpus) if n else frozenset()
+
+    def off_reason(self) -> str | None:
+        return off_reason(noautonuma=self.noautonuma, nodes_with_memory=len(self.topology.has_memory),
+                          config_enabled=self.config.daemon.enabled, runtime_enabled=self.runtime_enabled,
+                          config_path=self.config_path)
+
+    def balancing(self) -> bool:
+        return self.off_reason() is None
+
+    def start_control_socket(self) -> None:
+        handlers = {
+            "status": self.handle_status, "stats": self.handle_stats, "show": self.handle_show,
+            "get": self.handle_get, "set": self.handle_set, "config": self.handle_config,
+            "enable": self.handle_enable, "disable": self.handle_disable, "reload": self.handle_reload,
+            "advise": self.handle_advise,
+        }
+        self.server = ControlServer(self.config.daemon.control_socket, handlers,
+                                    self.config.daemon.control_group or None, files=self.files)
+        self.server.start()
+
+    def take_kernel_balancing(self) -> None:
+        if self.config.kernel.numa_balancing != "disable" or not self.balancing():
+            return
+        try:
+            log.info(disable_numa_balancing(self.files, self.state, self._save_state))
+        except OSError as exc:
+            log.warning("cannot turn kernel.numa_balancing off (%s): it may fight autonumad; "
+                        "the service's ExecStartPre helper does this with CAP_SYS_ADMIN", exc.strerror or exc)
+
+    def give_back(self) -> None:
+        """Undo what autonumad changed: affinities it set, kernel.numa_balancing."""
+        with self.lock:
+            restored = 0 if self.dry_run else self.actuator.restore()
+            if restored:
+                log.info("restored the original affinity of %d threads", restored)
+            try:
+                log.info(restore_numa_balancing(self.files, self.state, self._save_state))
+            except OSError as exc:
+                log.info("kernel.numa_balancing left for the service's ExecStopPost helper (%s)",
+                         exc.strerror or exc)
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
+        signal.signal(signal.SIGHUP, lambda *_: self._request_reload())
+        self.take_kernel_balancing()
+        self.start_control_socket()
+        reason = self.off_reason()
+        log.info("autonumad %s started%s: %d nodes; %s", __version__, " (dry run)" if self.dry_run else "",
+                 len(self.topology.node_ids), reason or "balancing")
+        self.notifier.ready(self.status_line())
+        try:
+            while not self.stop_event.is_set():
+                if self.reload_requested:
+                    self.reload()
+                if not self.balancing():
+                    self.notifier.status(self.status_line())
+                    self._idle(IDLE_TICK_S)
+                    continue
+                try:
+                    self.run_pass()
+                    self.notifier.status(self.status_line())
+                    self.budget.scan_sleep_pass_millisecs = self._pass_interval_ms()
+                    self.budget.end_pass()
+                except _Interrupted:
+                    continue
+        finally:
+            self.notifier.stopping()
+            log.info("stopping")
+            if self.server:
+                self.server.stop()
+            self.sampler.close()
+            self.give_back()
+        return 0
+
+    def _pass_interval_ms(self) -> int:
+        """Short while something is misplaced, new or just moved; the full interval once settled."""
+        base = self.config.scan.scan_sleep_pass_millisecs
+        target = self.config.policy.locality_target
+        misplaced = any(p["locality"] is not None and p["locality"] < target
+                        for p in self.published["managed_processes"])
+        if self.last_pass.actions or self.last_pass.new_processes or misplaced:
+            return min(base, max(int(MIN_ACTIVE_PASS_S * 1000), base // ACTIVE_PASS_FRACTION))
+        return base
+
+    def _request_reload(self) -> None:
+        self.reload_requested = True
+
+    def _idle(self, seconds: float) -> None:
+        self.notifier.watchdog()
+        self.stop_event.wait(seconds)
+
+    def _sleep(self, seconds: float) -> None:
+        """Sleep, pinging the watchdog, and wake early when asked to stop, reload or pause."""
+        deadline = time.monotonic() + seconds
+        while True:
+            self.notifier.watchdog()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if self.stop_event.wait(min(left, IDLE_TICK_S)) or self.reload_requested or not self.balancing():
+                raise _Interrupted()
+
+    def run_pass(self) -> PassReport:
+        started = time.monotonic()
+        self.topology = read_topology(self.files)
+        self.tasks.cpu_nodes = self.topology.cpu_nodes
+        found = self.discovery.discover()
+        self._forget(found.left)
+        self.managed_keys = [info.key for info in found.processes]
+        observed = []
+        for info in found.processes:
+            self.notifier.watchdog()
+            if not self.tasks.look(self.files, info.key):
+                continue
+            mm = self.mm.observe(info, self.budget)
+            if mm is None:
+                continue
+            observed.append((info, mm, self.tasks.threads(info.key)))
+            self.sampler.poll(p.key for p, _, _ in observed)
+        with self.lock:
+            snapshot, self.groups = self.builder.build(
+                time.monotonic(), self.topology, observed, self._affinity, self._owned_affinity,
+                self.config.respect.user_affinity, self.config.respect.user_mempolicy)
+            plan = plan_pass(snapshot, self.policy_state, self.policy_config)
+            self.policy_state = plan.state
+            lines = self.apply(plan)
+        self.mm.end_pass()
+        self.tasks.end_pass()
+        self.counters["passes"] += 1
+        self.last_pass = PassReport(time.time(), time.monotonic() - started, len(plan.actions), len(observed),
+                                    len(found.new), lines)
+        self._publish(snapshot)
+        return self.last_pass
+
+    def _forget(self, keys: list[ProcessKey]) -> None:
+        if not keys:
+            return
+        self.mm.forget(keys)
+        self.tasks.forget(keys)
+        self.sampler.forget(keys)
+        with self.lock:
+            for key in keys:
+                if not self.dry_run and self.actuator.restore_process(key.pid, key.start_time):
+                    log.info("pid %d left autonumad's care: its original affinity is restored", key.pid)
+
+    def _affinity(self, tid: int) -> frozenset[int] | None:
+        try:
+            return sched.get_affinity(tid)
+        except OSError:
+            return None
+
+    def _owned_affinity(self, key: ProcessKey, tid: int) -> frozenset[int] | None:
+        record = self.actuator.owned_affinity(key.pid, key.start_time, tid)
+        return record.applied if record else None
+
+    # ------------------------------------------------------------------ acting
+    def apply(self, plan: Plan) -> list[str]:
+        lines = []
+        for action in plan.actions:
+            if self.dry_run:
+                result = "planned (dry run)"
+            elif isinstance(action, MoveTask):
+                result = self._move(action)
+            elif isinstance(action, ExchangeTasks):
+                result = self._exchange(action)
+            else:
+                result = self._migrate(action)
+            line = f"{action.describe()} [{result}]"
+            lines.append(line)
+            self._log_decision(action, result, line)
+        return lines
+
+    def _move(self, m: MoveTask) -> str:
+        return self.actuator.move_task(m.pid, m.start_time, m.tid, m.to_node, m.comm)
+
+    def _exchange(self, x: ExchangeTasks) -> str:
+        done: list[MoveTask] = []
+        for m in x.moves:
+            result = self._move(m)
+            if result != "done":
+                for d in done:
+                    self.actuator.move_task(d.pid, d.start_time, d.tid, d.from_node, d.comm)
+                return f"abandoned: {result}"
+            done.append(m)
+        self.counters["exchanges"] += 1
+        return "done"
+
+    def _migrate(self, m: MigratePages) -> str:
+        group = self.groups.get((m.pid, m.start_time), {}).get(m.group_id)
+        if group is None:
+            return "skipped: page group unknown"
+        try:
+            addrs = self.actuator.ops.pages_on_node(m.pid, group.start, group.end, m.from_node,
+                                                    self.config.migrate.pages_to_migrate)
+        except ProcessGone:
+            self.actuator.counters["process_gone"] += 1
+            return "skipped: process gone"
+        except OSError as exc:
+            return f"skipped: {exc.strerror or exc}"
+        result, moved = self.actuator.migrate_pages(m.pid, m.start_time, addrs, m.from_node, m.to_node)
+        return f"{result}, {moved} pages moved"
+
+    def _log_decision(self, action, result: str, line: str) -> None:
+        if isinstance(action, ExchangeTasks):
+            first = action.moves[0]
+            fields = {"target_pid": first.pid, "target_comm": first.comm, "action": "exchange",
+                      "from_node": first.from_node, "to_node": first.to_node}
+        else:
+            fields = {"target_pid": action.pid, "target_comm": action.comm,
+                      "action": "move" if isinstance(action, MoveTask) else "migrate",
+                      "from_node": action.from_node, "to_node": action.to_node}
+        fields.update(reason=action.reason, result=result)
+        log.info(line, extra=fields)
+
+    # ------------------------------------------------------------------ status
+    def _publish(self, snapshot) -> None:
+        managed = []
+        threads_per_node: Counter = Counter()
+        for view in snapshot.processes:
+            for t in view.tasks:
+                threads_per_node[t.cpu_node] += 1
+            locality = process_locality(view)
+            managed.append({
+                "pid": view.pid, "comm": view.comm,
+                "locality": None if locality is None else round(locality, 3),
+                "memory_mb": node_mb(view.node_pages), "threads": len(view.tasks),
+                "nodes": sorted({t.cpu_node for t in view.tasks}),
+            })
+        self.published = {"managed_processes": managed, "managed_threads": dict(threads_per_node)}
+
+    def status_line(self) -> str:
+        reason = self.off_reason()
+        if reason:
+            return f"idle: {reason}"
+        managed = self.published["managed_processes"]
+        localities = [p["locality"] for p in managed if p["locality"] is not None]
+        mean = f"; locality {sum(localities) / len(localities):.2f}" if localities else ""
+        c = self.actuator.counters
+        return (f"balancing {len(managed)} processes{mean}; {c['task_moves']} task moves, "
+                f"{c['pages_migrated']} pages migrated")
+
+    def all_counters(self) -> dict[str, int]:
+        merged = Counter(self.counters)
+        merged.update({k: v for k, v in self.actuator.counters.items() if not k.startswith("page_status_")})
+        return dict(sorted(merged.items()))
+
+    def handle_status(self, args: dict) -> dict:
+        with self.lock:
+            nodes = {
+                str(n.id): {"cpus": list(n.cpus), "size_mb": n.size_mb, "free_mb": n.free_mb,
+                            "managed_threads": self.published["managed_threads"].get(n.id, 0)}
+                for n in (self.topology.nodes[i] for i in self.topology.node_ids)}
+            return {
+                "version": __version__, "pid": os.getpid(), "uptime_s": round(time.time() - self.started_at, 1),
+                "balancing": self.balancing(), "off_reason": self.off_reason(),
+                "config_path": self.config_path, "dry_run": self.dry_run, "nodes": nodes,
+                "managed_processes": self.published["managed_processes"],
+                "counters": self.all_counters(), "page_status": page_status_counts(self.actuator.counters),
+                "knobs": self.config.knobs(),
+                "migration_rate_mb_s": round(self.actuator.rate_limit.mb_per_second(), 1),
+                "kernel_numa_balancing": {"current": read_numa_balancing(self.files),
+                                          "original": self.state.numa_balancing_original},
+                "last_pass": {"at": self.last_pass.at, "duration_s": round(self.last_pass.duration_s, 3),
+                              "actions": self.last_pass.actions, "processes": self.last_pass.processes},
+            }
+
+    def handle_stats(self, args: dict) -> dict:
+        with self.lock:
+            pacing, mmc = self.budget.counters, self.mm.counters
+            return {
+                "scanner": {"pages_scanned": pacing.pages_scanned, "full_scans": pacing.full_scans,
+                            "scan_cpu_s": round(mmc.scan_cpu_s, 3), "processes_scanned": mmc.processes_scanned,
+                            "exact_reads": mmc.exact_reads, "gone_mid_scan": mmc.gone_mid_scan,
+                            "passes": self.counters["passes"], "throttled_s": round(pacing.throttled_s, 3)},
+                "migrated": {"pages_migrated": self.actuator.counters["pages_migrated"],
+                             "task_moves": self.actuator.counters["task_moves"],
+                             "page_status": page_status_counts(self.actuator.counters)},
+                "fault_sampler": vars(self.sampler.counters).copy(),
+                "knobs": self.config.knobs(),
+            }
+
+    def handle_show(self, args: dict) -> dict:
+        pid = args.get("pid")
+        with self.lock:
+            found = [p for p in self.published["managed_processes"] if pid is None or p["pid"] == pid]
+        return {"processes": found}
+
+    def handle_get(self, args: dict) -> dict:
+        knobs = self.config.knobs()
+        name = args.get("knob")
+        if name is not None:
+            if name not in knobs:
+                raise ProtocolError("bad_request", f"unknown knob {name!r}; knobs: {', '.join(sorted(knobs))}")
+            knobs = {name: knobs[name]}
+        return {"knobs": knobs}
+
+    def handle_set(self, args: dict) -> dict:
+        name, value = args.get("knob"), args.get("value")
+        with self.lock:
+            try:
+                new = self.config.with_knob(name, value)
+            except (ConfigError, KeyError, ValueError) as exc:
+                raise ProtocolError("bad_request", str(exc)) from None
+            previous = self.config.knob(name)
+            self._apply_config(new)
+            log.info("knob %s set to %s (was %s) until the next reload", name, new.knob(name), previous)
+            return {"knob": name, "value": new.knob(name), "previous": previous}
+
+    def handle_config(self, args: dict) -> dict:
+        return {"config_path": self.config_path, "config": self.config.as_dict()}
+
+    def handle_enable(self, args: dict) -> dict:
+        with self.lock:
+            self.runtime_enabled = True
+            log.info("enabled at runtime")
+            self.take_kernel_balancing()
+            return {"balancing": self.balancing(), "off_reason": self.off_reason(), "restored_affinities": 0}
+
+    def handle_disable(self, args: dict) -> dict:
+        with self.lock:
+            self.runtime_enabled = False
+            restored = self.disable_and_forget()
+            log.info("disabled at runtime: %d affinities restored", restored)
+            return {"balancing": False, "off_reason": self.off_reason(), "restored_affinities": restored}
+
+    def disable_and_forget(self) -> int:
+        """Stop balancing: drop per-process state and give back what we changed."""
+        restored = 0 if self.dry_run else self.actuator.restore()
+        keys = self.managed_keys
+        self.managed_keys = []
+        self.mm.forget(keys)
+        self.tasks.forget(keys)
+        self.sampler.forget(keys)
+        self.discovery = ProcessDiscovery(self.files, ProcessFilter.from_config(self.config))
+        self.policy_state = PolicyState()
+        self.published = {"managed_processes": [], "managed_threads": {}}
+        try:
+            restore_numa_balancing(self.files, self.state, self._save_state)
+        except OSError:
+            pass
+        return restored
+
+    def handle_reload(self, args: dict) -> dict:
+        with self.lock:
+            changed = self.reload()
+            if changed is None:
+                raise ProtocolError("bad_request", self.last_reload_error)
+            return {"config_path": self.config_path, "changed": changed}
+
+    def handle_advise(self, args: dict) -> dict:
+        with self.lock:
+            topology = read_topology(self.files)
+            idle = {n: max(0.0, len(topology.nodes[n].cpus) - self.published["managed_threads"].get(n, 0))
+                    for n in topology.node_ids}
+            return advise(topology, float(args["cpus"]), int(args.get("memory_mb") or 0), idle,
+                          self.config.migrate.node_reserve_mb).to_json()
+
+    # ------------------------------------------------------------------ configuration
+    last_reload_error = ""
+
+    def reload(self) -> list[str] | None:
+        """Re-read the config file; a bad one is refused and the running config stays."""
+        self.reload_requested = False
+        self.notifier.reloading()
+        try:
+            new = load_config(self.config_path)
+        except (ConfigError, OSError) as exc:
+            self.last_reload_error = str(exc)
+            log.error("reload refused, the running configuration stays: %s", exc)
+            self.notifier.reloaded()
+            return None
+        with self.lock:
+            old = self.config.as_dict()
+            self._apply_config(new)
+            changed = sorted(f"{s}.{k}" for s, keys in new.as_dict().items() for k, v in keys.items()
+                             if old.get(s, {}).get(k) != v)
+        for key in ("daemon.state_file", "daemon.control_socket"):
+            if key in changed:
+                log.warning("%s changed: takes effect at the next restart", key)
+        log.info("configuration reloaded from %s; changed: %s", self.config_path, ", ".join(changed) or "nothing")
+        self.notifier.reloaded()
+        return changed
+
+    def _apply_config(self, new: Config) -> None:
+        was_enabled = self.config.daemon.enabled
+        self.config = new
+        set_level(new.daemon.log_level)
+        self.discovery.filter = ProcessFilter.from_config(new)
+        self.mm.pages_to_scan = new.scan.pages_to_scan
+        self.mm.sample_stride_pages = new.scan.sample_stride_pages
+        b = self.budget
+        b.pages_to_scan, b.scan_sleep_millisecs = new.scan.pages_to_scan, new.scan.scan_sleep_millisecs
+        b.scan_sleep_pass_millisecs, b.cpu_ceiling_percent = (new.scan.scan_sleep_pass_millisecs,
+                                                              new.scan.cpu_ceiling_percent)
+        self.sampler.enabled = new.scan.fault_sampling
+        self.actuator.rate_limit.configure(new.migrate.pages_to_migrate, new.migrate.migrate_sleep_millisecs)
+        self.policy_config = policy_config(new)
+        if self.server:
+            self.server.set_group(new.daemon.control_group or None)
+        if was_enabled and not new.daemon.enabled:
+            self.disable_and_forget()

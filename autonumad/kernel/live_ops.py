@@ -1,0 +1,39 @@
+"""The actuator's door to the live kernel: affinity, page moves, process identity."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from autonumad.kernel import numa_calls, procfs, sched
+from autonumad.kernel.files import KernelFiles, ProcessGone
+
+
+class LiveKernelOps:
+    def __init__(self, files: KernelFiles) -> None:
+        self.files = files
+        self.rng = random.Random()
+
+    def get_affinity(self, tid: int) -> frozenset[int]:
+        return sched.get_affinity(tid)
+
+    def set_affinity(self, tid: int, cpus: frozenset[int]) -> None:
+        sched.set_affinity(tid, cpus)
+
+    def move_pages(self, pid: int, addrs: Sequence[int], node: int) -> list[int]:
+        return numa_calls.move_pages(pid, addrs, node)
+
+    def start_time(self, pid: int) -> int | None:
+        """The process's start time (clock ticks since boot), or None when it is gone."""
+        try:
+            return procfs.read_stat(self.files, pid).start_time_ticks
+        except (ProcessGone, ValueError):
+            return None
+
+    def pages_on_node(self, pid: int, start: int, end: int, node: int, limit: int) -> list[int]:
+        """Addresses of up to `limit` pages of [start, end) that sit on `node` (every page looked at)."""
+        other = node + 1 if node + 1 <= numa_calls.max_node() else node - 1
+        result = numa_calls.scan_ranges(pid, [(start, end)], 1, self.rng.getrandbits(63),
+                                        local_node=other, max_off_node=(end - start) >> 12)
+        addrs = [a for a, n in zip(result.off_node_addrs, result.off_node_nodes) if n == node]
+        return addrs[:limit]

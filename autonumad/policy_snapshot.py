@@ -1,0 +1,124 @@
+"""From the statistics to the policy's input: the arrow between `statistics` and `policy`.
+
+`SnapshotBuilder.build` turns what the mm and task statistics hold into the
+policy's `Snapshot` (nodes, processes, threads, page groups). It decides three
+things the statistics do not say by themselves:
+
+- how busy a thread is (`runnable_weight`): its run time since the previous pass
+  over the wall time since then;
+- whether someone else pinned it (`user_pinned`): its affinity is narrower than
+  the online CPUs and it is not an affinity this daemon set (the state file says
+  which ones are ours); with `[respect] user_affinity = false` nothing counts as
+  pinned;
+- the page groups memory-follows-CPU may move: each private anonymous mapping
+  (heap, stack, anonymous, hugetlb) cut by the node its pages sit on, named
+  (mapping start, node) so a group keeps its id from pass to pass; shared files
+  and libraries are never moved. `groups` maps each group id back to the address
+  range and node, for the actuator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from autonumad.mm_stats import MmSnapshot
+from autonumad.policy import NodeView, PageGroup, ProcessView, Snapshot, TaskView
+from autonumad.processes import ProcessInfo, ProcessKey
+from autonumad.task_stats import ThreadStats
+from autonumad.topology import Topology
+
+MIN_GROUP_PAGES = 16
+"""Page groups smaller than this (64 KiB) are not worth a migration."""
+NODE_BITS = 10
+
+
+@dataclass(frozen=True)
+class GroupRange:
+    start: int
+    end: int
+    node: int
+
+
+def group_id(start: int, node: int) -> int:
+    return ((start >> 12) << NODE_BITS) | node
+
+
+def movable_mapping(path: str) -> bool:
+    """Private anonymous memory (heap, stack, anonymous, hugetlb): what migration may move."""
+    return path in ("", "[heap]", "[stack]", "[anon]") or path.startswith("[anon:") \
+        or path.startswith("/anon_hugepage")
+
+
+class SnapshotBuilder:
+    def __init__(self) -> None:
+        self._last_run: dict[tuple[ProcessKey, int], tuple[int, float]] = {}
+
+    def build(self, now: float, topology: Topology, processes: list[tuple[ProcessInfo, MmSnapshot,
+              list[ThreadStats]]], affinity_of: Callable[[int], frozenset[int] | None],
+              owned_affinity: Callable[[ProcessKey, int], frozenset[int] | None], respect_affinity: bool,
+              respect_mempolicy: bool) -> tuple[Snapshot, dict[tuple[int, int], dict[int, GroupRange]]]:
+        online = frozenset(topology.cpus_online)
+        nodes = tuple(
+            NodeView(n.id, n.cpus, n.mem_free_kb / 1024, n.mem_total_kb / 1024, dict(n.distances))
+            for n in (topology.nodes[i] for i in topology.node_ids))
+        views: list[ProcessView] = []
+        groups: dict[tuple[int, int], dict[int, GroupRange]] = {}
+        last_run: dict[tuple[ProcessKey, int], tuple[int, float]] = {}
+        for info, mm, threads in processes:
+            key = info.key
+            tasks = []
+            for t in threads:
+                if t.current_node is None:
+                    continue
+                previous = self._last_run.get((key, t.tid))
+                last_run[(key, t.tid)] = (t.last_run_ns, now)
+                if previous is None or now <= previous[1]:
+                    weight = 0.0
+                else:
+                    weight = min(1.0, (t.last_run_ns - previous[0]) / 1e9 / (now - previous[1]))
+                affinity = affinity_of(t.tid)
+                narrowed = affinity is not None and not affinity >= online
+                pinned = respect_affinity and narrowed and owned_affinity(key, t.tid) != affinity
+                tasks.append(TaskView(
+                    tid=t.tid, cpu_node=t.current_node, runnable_weight=max(0.0, weight),
+                    access_pages={n: int(c) for n, c in sorted(t.accesses.items()) if c >= 1},
+                    user_pinned=pinned))
+            process_groups: dict[int, GroupRange] = {}
+            page_groups = []
+            touches_by_node: dict[int, dict[int, int]] = {}
+            for t in threads:
+                for node, count in t.accesses.items():
+                    if count >= 1:
+                        touches_by_node.setdefault(node, {})[t.tid] = int(count)
+            for vma in mm.vmas:
+                if not movable_mapping(vma.path):
+                    continue
+                for node, pages in sorted(vma.node_pages.items()):
+                    if pages < MIN_GROUP_PAGES:
+                        continue
+                    gid = group_id(vma.start, node)
+                    process_groups[gid] = GroupRange(vma.start, vma.end, node)
+                    page_groups.append(PageGroup(gid, node, int(pages), touches_by_node.get(node, {})))
+            groups[(key.pid, key.start_time)] = process_groups
+            own_policy = respect_mempolicy and mm.self_placed_share() > 0.5
+            views.append(ProcessView(
+                pid=key.pid, start_time=key.start_time, comm=info.comm,
+                node_pages={n: int(p) for n, p in sorted(mm.node_pages.items()) if p >= 1},
+                tasks=tuple(tasks), page_groups=tuple(page_groups), own_mempolicy=own_policy,
+                user_pinned=bool(tasks) and all(t.user_pinned for t in tasks)))
+        self._last_run = last_run
+        return Snapshot(now, nodes, tuple(views)), groups
+
+
+def process_locality(view: ProcessView) -> float | None:
+    """Share of the process's memory on the node each of its threads runs on, averaged
+    over its threads (what the workload tool measures from inside)."""
+    total = sum(view.node_pages.values())
+    if not total or not view.tasks:
+        return None
+    return sum(view.node_pages.get(t.cpu_node, 0) for t in view.tasks) / total / len(view.tasks)
+
+
+def node_mb(node_pages: Mapping[int, float], page_size: int = 4096) -> dict[str, float]:
+    return {str(n): round(p * page_size / (1 << 20), 1) for n, p in sorted(node_pages.items())}
