@@ -32,7 +32,7 @@ from autonumad.control_protocol import ProtocolError
 from autonumad.control_server import ControlServer
 from autonumad.kernel.files import KernelFiles, ProcessGone
 from autonumad.kernel.live_ops import LiveKernelOps
-from autonumad.kernel import sched
+from autonumad.kernel import procfs, sched
 from autonumad.log_setup import set_level
 from autonumad.mm_stats import MmStatsTable
 from autonumad.numa_balancing_sysctl import disable_numa_balancing, read_numa_balancing, restore_numa_balancing
@@ -53,6 +53,8 @@ log = logging.getLogger("autonumad")
 ACTIVE_PASS_FRACTION = 5
 MIN_ACTIVE_PASS_S = 1.0
 IDLE_TICK_S = 1.0
+CPU_CREDIT_WINDOW_S = 30.0
+"""The CPU ceiling holds over this window: a quiet daemon may spend its credit at once."""
 
 
 class _Interrupted(Exception):
@@ -108,7 +110,7 @@ class Daemon:
         self.mm = MmStatsTable.from_config(files, config)
         self.tasks = TaskStatsTable(self.topology.cpu_nodes)
         self.sampler = WriteFaultSampler(files, self.tasks, enabled=config.scan.fault_sampling)
-        self.budget = ScanBudget.from_config(config.scan, sleep=self._sleep)
+        self.budget = ScanBudget.from_config(config.scan, sleep=self._sleep, credit_window_s=CPU_CREDIT_WINDOW_S)
         self.builder = SnapshotBuilder()
         self.policy_state = PolicyState()
         self.policy_config = policy_config(config)
@@ -260,7 +262,7 @@ class Daemon:
             self.sampler.poll(p.key for p, _, _ in observed)
         with self.lock:
             snapshot, self.groups = self.builder.build(
-                time.monotonic(), self.topology, observed, self._affinity, self._owned_affinity,
+                time.monotonic(), procfs.read_uptime(self.files), self.topology, observed, self._affinity, self._owned_affinity,
                 self.config.respect.user_affinity, self.config.respect.user_mempolicy)
             plan = plan_pass(snapshot, self.policy_state, self.policy_config)
             self.policy_state = plan.state

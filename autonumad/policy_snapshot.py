@@ -5,7 +5,8 @@ policy's `Snapshot` (nodes, processes, threads, page groups). It decides three
 things the statistics do not say by themselves:
 
 - how busy a thread is (`runnable_weight`): its run time since the previous pass
-  over the wall time since then;
+  over the wall time since then; for a thread seen for the first time, its run time
+  over its lifetime, so a busy process is placed at its first pass;
 - whether someone else pinned it (`user_pinned`): its affinity is narrower than
   the online CPUs and it is not an affinity this daemon set (the state file says
   which ones are ours); with `[respect] user_affinity = false` nothing counts as
@@ -22,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from autonumad.kernel.procfs import CLOCK_TICKS
 from autonumad.mm_stats import MmSnapshot
 from autonumad.policy import NodeView, PageGroup, ProcessView, Snapshot, TaskView
 from autonumad.processes import ProcessInfo, ProcessKey
@@ -54,7 +56,7 @@ class SnapshotBuilder:
     def __init__(self) -> None:
         self._last_run: dict[tuple[ProcessKey, int], tuple[int, float]] = {}
 
-    def build(self, now: float, topology: Topology, processes: list[tuple[ProcessInfo, MmSnapshot,
+    def build(self, now: float, uptime_s: float, topology: Topology, processes: list[tuple[ProcessInfo, MmSnapshot,
               list[ThreadStats]]], affinity_of: Callable[[int], frozenset[int] | None],
               owned_affinity: Callable[[ProcessKey, int], frozenset[int] | None], respect_affinity: bool,
               respect_mempolicy: bool) -> tuple[Snapshot, dict[tuple[int, int], dict[int, GroupRange]]]:
@@ -74,7 +76,8 @@ class SnapshotBuilder:
                 previous = self._last_run.get((key, t.tid))
                 last_run[(key, t.tid)] = (t.last_run_ns, now)
                 if previous is None or now <= previous[1]:
-                    weight = 0.0
+                    lifetime_s = uptime_s - t.start_time / CLOCK_TICKS
+                    weight = min(1.0, t.last_run_ns / 1e9 / lifetime_s) if lifetime_s > 0.1 else 0.0
                 else:
                     weight = min(1.0, (t.last_run_ns - previous[0]) / 1e9 / (now - previous[1]))
                 affinity = affinity_of(t.tid)

@@ -10,7 +10,10 @@ looks at the process CPU time (`cpu_clock`, time.process_time by default) spent
 since the previous pause ended, and stretches the pause so that CPU time over
 (work + pause) stays under `cpu_ceiling_percent` of one CPU. Everything the daemon
 did in that window counts (scanning, reading /proc, policy), which is what the
-ceiling is about.
+ceiling is about. With `credit_window_s` the ceiling holds over that many seconds
+rather than window by window: time spent idle under the ceiling is credit (at most
+the ceiling's share of `credit_window_s`) that a later burst of work may spend, so
+a daemon that has been quiet reacts to a new misplacement at once, then slows down.
 
 The scan loop calls `take(wanted)` before each chunk of sampling and samples no
 more than it returns; `charge(pages)` books work that cannot be split (a whole
@@ -42,6 +45,7 @@ class PacingCounters:
 class ScanBudget:
     def __init__(self, pages_to_scan: int = 32768, scan_sleep_millisecs: int = 100,
                  scan_sleep_pass_millisecs: int = 10000, cpu_ceiling_percent: float = 5.0,
+                 credit_window_s: float = 0.0,
                  clock: Callable[[], float] = time.monotonic,
                  cpu_clock: Callable[[], float] = time.process_time,
                  sleep: Callable[[float], None] = time.sleep):
@@ -51,6 +55,8 @@ class ScanBudget:
         self.scan_sleep_millisecs = scan_sleep_millisecs
         self.scan_sleep_pass_millisecs = scan_sleep_pass_millisecs
         self.cpu_ceiling_percent = cpu_ceiling_percent
+        self.credit_window_s = credit_window_s
+        self._balance = 0.0  # CPU seconds spent beyond the ceiling so far (negative: credit)
         self.clock = clock
         self.cpu_clock = cpu_clock
         self.sleep = sleep
@@ -93,9 +99,12 @@ class ScanBudget:
         wall = self.clock() - self._window_wall
         cpu = self.cpu_clock() - self._window_cpu
         base = millisecs / 1000.0
-        # cpu / (wall + pause) <= ceiling  <=>  pause >= cpu / ceiling - wall
-        needed = cpu / (self.cpu_ceiling_percent / 100.0) - wall
-        pause = max(base, needed)
+        ceiling = self.cpu_ceiling_percent / 100.0
+        # cpu / (wall + pause) <= ceiling, less any credit  <=>  pause >= balance / ceiling
+        credit = ceiling * self.credit_window_s
+        balance = max(-credit, self._balance + cpu - ceiling * wall)
+        pause = max(base, balance / ceiling)
+        self._balance = max(-credit, balance - ceiling * pause)
         self.sleep(pause)
         self.counters.pauses += 1
         self.counters.slept_s += pause

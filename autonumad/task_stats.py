@@ -167,11 +167,14 @@ class TaskStatsTable:
         return dict(sorted(total.items()))
 
     def nodes_run_on(self, key: ProcessKey, min_share: float = MULTI_NODE_SHARE) -> set[int]:
-        """Nodes where the process's threads spent at least `min_share` of their run time,
-        plus the nodes they sit on now."""
-        nodes = {n for n, share in _shares(self.process_run_ns(key)).items() if share >= min_share}
-        nodes.update(s.current_node for s in self._processes.get(key, {}).values()
-                     if s.current_node is not None)
+        """Nodes where the process's threads spent at least `min_share` of their run time
+        (an idle thread parked on another node does not count); before any run time is
+        measured, the nodes they sit on now."""
+        run = self.process_run_ns(key)
+        nodes = {n for n, share in _shares(run).items() if share >= min_share}
+        if not run:  # nothing measured yet: where the threads sit now
+            nodes.update(s.current_node for s in self._processes.get(key, {}).values()
+                         if s.current_node is not None)
         return nodes
 
 

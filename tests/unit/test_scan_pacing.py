@@ -138,3 +138,25 @@ def test_a_scan_loop_stays_under_the_cpu_ceiling(ceiling, ns_per_page, wants):
     b.end_pass()
     used = c.cpu - start_cpu
     assert used / (c.wall - start_wall) <= ceiling / 100 + 1e-9
+
+
+def test_idle_time_is_credit_for_a_burst_then_the_ceiling_holds():
+    c = Clocks()
+    b = c.budget(pages_to_scan=10, scan_sleep_millisecs=100, scan_sleep_pass_millisecs=10000,
+                 cpu_ceiling_percent=5, credit_window_s=30)
+    b.take(10)
+    c.work(0.01)
+    b.end_pass()                      # quiet passes earn credit, up to 5% of 30 s
+    b.take(10)
+    c.work(0.01)
+    b.end_pass()
+    assert c.sleeps[-1] == pytest.approx(10.0)
+    b.take(10)
+    c.work(1.0)                       # a burst of 1 s of CPU: paid from credit, no stretched pause
+    b.end_pass()
+    assert c.sleeps[-1] == pytest.approx(10.0)
+    for _ in range(3):                # sustained work: the ceiling holds again
+        b.take(10)
+        c.work(1.0)
+        b.end_pass()
+    assert c.sleeps[-1] == pytest.approx(1.0 / 0.05 - 1.0)

@@ -103,13 +103,16 @@ def test_accesses_of_unknown_threads_and_absent_pages_are_not_credited():
     assert t.add_accesses(ProcessKey(5, 5), [(5, 0x1000, 0)], [0]) == 0
 
 
-def test_nodes_run_on_counts_shares_and_current_nodes():
+def test_nodes_run_on_counts_where_threads_ran_not_where_idle_ones_sit():
     t = TaskStatsTable(CPU_NODES)
     t.observe(KEY, [snap(101, 0, 0), snap(102, 1, 0)])
+    assert t.nodes_run_on(KEY) == {0}          # nothing measured yet: where they sit
     t.observe(KEY, [snap(101, 0, 950), snap(102, 1, 50)])
     assert t.nodes_run_on(KEY) == {0}
     assert t.process_run_ns(KEY) == {0: 1000 * MS}
-    t.observe(KEY, [snap(101, 0, 950), snap(102, 2, 60)])    # 102 moved to node 1 just now
+    t.observe(KEY, [snap(101, 0, 950), snap(102, 2, 60)])    # 102 moved to node 1 and idles there
+    assert t.nodes_run_on(KEY) == {0}
+    t.observe(KEY, [snap(101, 0, 950), snap(102, 2, 1060)])  # now it runs there
     assert t.nodes_run_on(KEY) == {0, 1}
 
 
