@@ -53,6 +53,8 @@ log = logging.getLogger("autonumad")
 ACTIVE_PASS_FRACTION = 5
 MIN_ACTIVE_PASS_S = 1.0
 IDLE_TICK_S = 1.0
+STUCK_GROUP_RETRY_S = 120.0
+"""A page group none of whose pages would move is not tried again for this long."""
 CPU_CREDIT_WINDOW_S = 30.0
 """The CPU ceiling holds over this window: a quiet daemon may spend its credit at once."""
 
@@ -118,6 +120,7 @@ class Daemon:
         self.rng = random.Random()
         self.server: ControlServer | None = None
         self.managed_keys: list[ProcessKey] = []
+        self.stuck_groups: dict[tuple[int, int, int], float] = {}
 
     # ------------------------------------------------------------------ set-up and tear-down
     def _load_state(self) -> DaemonState:
@@ -261,9 +264,12 @@ class Daemon:
             observed.append((info, mm, self.tasks.threads(info.key)))
             self.sampler.poll(p.key for p, _, _ in observed)
         with self.lock:
+            now = time.monotonic()
+            self.stuck_groups = {k: until for k, until in self.stuck_groups.items() if until > now}
             snapshot, self.groups = self.builder.build(
-                time.monotonic(), procfs.read_uptime(self.files), self.topology, observed, self._affinity, self._owned_affinity,
-                self.config.respect.user_affinity, self.config.respect.user_mempolicy)
+                now, procfs.read_uptime(self.files), self.topology, observed, self._affinity,
+                self._owned_affinity, self.config.respect.user_affinity, self.config.respect.user_mempolicy,
+                skip_groups=self.stuck_groups.keys(), regions=self.sampler.regions)
             plan = plan_pass(snapshot, self.policy_state, self.policy_config)
             self.policy_state = plan.state
             lines = self.apply(plan)
@@ -341,6 +347,9 @@ class Daemon:
         except OSError as exc:
             return f"skipped: {exc.strerror or exc}"
         result, moved = self.actuator.migrate_pages(m.pid, m.start_time, addrs, m.from_node, m.to_node)
+        if moved == 0 and not result.startswith("deferred"):
+            # shared (EACCES), busy or already gone: leave this group alone for a while
+            self.stuck_groups[(m.pid, m.start_time, m.group_id)] = time.monotonic() + STUCK_GROUP_RETRY_S
         return f"{result}, {moved} pages moved"
 
     def _log_decision(self, action, result: str, line: str) -> None:

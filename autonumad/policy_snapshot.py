@@ -14,20 +14,26 @@ things the statistics do not say by themselves:
 - the page groups memory-follows-CPU may move: each private anonymous mapping
   (heap, stack, anonymous, hugetlb) cut by the node its pages sit on, named
   (mapping start, node) so a group keeps its id from pass to pass; shared files
-  and libraries are never moved. `groups` maps each group id back to the address
-  range and node, for the actuator.
+  and libraries are never moved. For a process whose writes were sampled (its
+  threads run on several nodes), the groups are instead the 2 MiB regions its
+  threads were seen writing, cut by node, each with the threads that wrote it:
+  memory then follows the thread that writes it even within one mapping, and
+  memory no thread was seen writing stays put. `groups` maps each group id back to the address
+  range and node, for the actuator. Groups the daemon found it cannot move (pages
+  shared with another process after fork answer EACCES) are left out for a while.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from autonumad.kernel.procfs import CLOCK_TICKS
 from autonumad.mm_stats import MmSnapshot
 from autonumad.policy import NodeView, PageGroup, ProcessView, Snapshot, TaskView
 from autonumad.processes import ProcessInfo, ProcessKey
-from autonumad.task_stats import ThreadStats
+from autonumad.constants import PAGE_SIZE
+from autonumad.task_stats import REGION_BYTES, RegionTouches, ThreadStats
 from autonumad.topology import Topology
 
 MIN_GROUP_PAGES = 16
@@ -59,7 +65,8 @@ class SnapshotBuilder:
     def build(self, now: float, uptime_s: float, topology: Topology, processes: list[tuple[ProcessInfo, MmSnapshot,
               list[ThreadStats]]], affinity_of: Callable[[int], frozenset[int] | None],
               owned_affinity: Callable[[ProcessKey, int], frozenset[int] | None], respect_affinity: bool,
-              respect_mempolicy: bool) -> tuple[Snapshot, dict[tuple[int, int], dict[int, GroupRange]]]:
+              respect_mempolicy: bool, skip_groups: Collection[tuple[int, int, int]] = (),
+              regions: Mapping[ProcessKey, Mapping[int, RegionTouches]] | None = None) -> tuple[Snapshot, dict[tuple[int, int], dict[int, GroupRange]]]:
         online = frozenset(topology.cpus_online)
         nodes = tuple(
             NodeView(n.id, n.cpus, n.mem_free_kb / 1024, n.mem_total_kb / 1024, dict(n.distances))
@@ -87,23 +94,15 @@ class SnapshotBuilder:
                     tid=t.tid, cpu_node=t.current_node, runnable_weight=max(0.0, weight),
                     access_pages={n: int(c) for n, c in sorted(t.accesses.items()) if c >= 1},
                     user_pinned=pinned))
-            process_groups: dict[int, GroupRange] = {}
-            page_groups = []
-            touches_by_node: dict[int, dict[int, int]] = {}
-            for t in threads:
-                for node, count in t.accesses.items():
-                    if count >= 1:
-                        touches_by_node.setdefault(node, {})[t.tid] = int(count)
-            for vma in mm.vmas:
-                if not movable_mapping(vma.path):
-                    continue
-                for node, pages in sorted(vma.node_pages.items()):
-                    if pages < MIN_GROUP_PAGES:
-                        continue
-                    gid = group_id(vma.start, node)
-                    process_groups[gid] = GroupRange(vma.start, vma.end, node)
-                    page_groups.append(PageGroup(gid, node, int(pages), touches_by_node.get(node, {})))
-            groups[(key.pid, key.start_time)] = process_groups
+            skip = {gid for pid, start, gid in skip_groups if (pid, start) == (key.pid, key.start_time)}
+            touched = (regions or {}).get(key)
+            if touched:
+                process_groups = region_groups(touched, skip)
+            else:
+                process_groups = mapping_groups(mm, threads, skip)
+            page_groups = [g for g, _ in process_groups.values()]
+            process_ranges = {gid: r for gid, (_, r) in process_groups.items()}
+            groups[(key.pid, key.start_time)] = process_ranges
             own_policy = respect_mempolicy and mm.self_placed_share() > 0.5
             views.append(ProcessView(
                 pid=key.pid, start_time=key.start_time, comm=info.comm,
@@ -112,6 +111,41 @@ class SnapshotBuilder:
                 user_pinned=bool(tasks) and all(t.user_pinned for t in tasks)))
         self._last_run = last_run
         return Snapshot(now, nodes, tuple(views)), groups
+
+
+def mapping_groups(mm: MmSnapshot, threads: list[ThreadStats],
+                   skip: Collection[int]) -> dict[int, tuple[PageGroup, GroupRange]]:
+    """Groups of a process seen through its mappings: (private mapping, node)."""
+    touches_by_node: dict[int, dict[int, int]] = {}
+    for t in threads:
+        for node, count in t.accesses.items():
+            if count >= 1:
+                touches_by_node.setdefault(node, {})[t.tid] = int(count)
+    out = {}
+    for vma in mm.vmas:
+        if not movable_mapping(vma.path):
+            continue
+        for node, pages in sorted(vma.node_pages.items()):
+            gid = group_id(vma.start, node)
+            if pages >= MIN_GROUP_PAGES and gid not in skip:
+                out[gid] = (PageGroup(gid, node, int(pages), touches_by_node.get(node, {})),
+                            GroupRange(vma.start, vma.end, node))
+    return out
+
+
+def region_groups(regions: Mapping[int, RegionTouches], skip: Collection[int]
+                  ) -> dict[int, tuple[PageGroup, GroupRange]]:
+    """Groups of a process seen through its sampled writes: (2 MiB region, node)."""
+    out = {}
+    region_pages = REGION_BYTES // PAGE_SIZE
+    for start, touches in sorted(regions.items()):
+        total = sum(touches.nodes.values())
+        for node, count in sorted(touches.nodes.items()):
+            gid = group_id(start, node)
+            if gid not in skip:
+                out[gid] = (PageGroup(gid, node, max(1, region_pages * count // total), dict(touches.tids)),
+                            GroupRange(start, start + REGION_BYTES, node))
+    return out
 
 
 def process_locality(view: ProcessView) -> float | None:

@@ -178,6 +178,30 @@ class TaskStatsTable:
         return nodes
 
 
+REGION_BYTES = 2 << 20
+"""Write samples are also kept per 2 MiB region, so that memory follows the threads that
+write it even inside one mapping (numa02: one buffer, a slice per thread)."""
+
+
+@dataclass
+class RegionTouches:
+    """One region's sampled writes: by thread, and by the node the written page was on."""
+
+    tids: dict[int, int] = field(default_factory=dict)
+    nodes: dict[int, int] = field(default_factory=dict)
+
+
+def region_touches(samples: Sequence[tuple[int, int, int]], nodes: Sequence[int]) -> dict[int, RegionTouches]:
+    regions: dict[int, RegionTouches] = {}
+    for (tid, addr, _cpu), node in zip(samples, nodes):
+        if node < 0:
+            continue
+        r = regions.setdefault(addr & ~(REGION_BYTES - 1), RegionTouches())
+        r.tids[tid] = r.tids.get(tid, 0) + 1
+        r.nodes[node] = r.nodes.get(node, 0) + 1
+    return regions
+
+
 @dataclass
 class FaultSamplerCounters:
     armed: int = 0
@@ -217,6 +241,8 @@ class WriteFaultSampler:
         self.clock = clock
         self.counters = FaultSamplerCounters()
         self._armed: dict[ProcessKey, _Armed] = {}
+        self.regions: dict[ProcessKey, dict[int, RegionTouches]] = {}
+        """Per process, the last sampling window's writes per REGION_BYTES region."""
         self._last_armed: dict[ProcessKey, float] = {}
 
     def poll(self, keys: Iterable[ProcessKey]) -> None:
@@ -241,6 +267,7 @@ class WriteFaultSampler:
 
     def forget(self, keys: Iterable[ProcessKey]) -> None:
         for key in keys:
+            self.regions.pop(key, None)
             armed = self._armed.pop(key, None)
             if armed is not None:
                 self.calls.close_fault_sampler(armed.handle)
@@ -295,3 +322,4 @@ class WriteFaultSampler:
         nodes = [page_node[addr & ~(PAGE_SIZE - 1)] for _, addr, _ in samples]
         self.counters.samples += len(samples)
         self.counters.credited += self.tasks.add_accesses(armed.key, samples, nodes)
+        self.regions[armed.key] = region_touches(samples, nodes)
