@@ -1,0 +1,96 @@
+"""The adapter from statistics to the policy's snapshot, with hand-made statistics."""
+
+import os
+
+from autonumad.kernel.files import KernelFiles
+from autonumad.kernel.procfs import CLOCK_TICKS, MemPolicy
+from autonumad.mm_stats import MmSnapshot, VmaStats
+from autonumad.policy_snapshot import SnapshotBuilder, group_id, process_locality
+from autonumad.processes import ProcessInfo, ProcessKey
+from autonumad.task_stats import REGION_BYTES, RegionTouches, ThreadStats
+from autonumad.topology import read_topology
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures", "sysfs")
+TOPO = read_topology(KernelFiles(os.path.join(FIXTURES, "2node")))
+ALL = frozenset(TOPO.cpus_online)
+KEY = ProcessKey(100, 500)
+HEAP = 0x10000000
+LIB = 0x7f0000000000
+
+
+def info():
+    return ProcessInfo(key=KEY, comm="app", exe_name="app", uid=0, user="root", rss_kb=100 << 10,
+                       num_threads=2, cpu_ticks=0, cpu_percent=100.0, cgroup="/")
+
+
+def mm(policy=MemPolicy("default")):
+    return MmSnapshot(KEY, True, (
+        VmaStats(HEAP, HEAP + (64 << 20), "heap", "[heap]", policy, {0: 1000.0, 1: 15000.0}),
+        VmaStats(LIB, LIB + (4 << 20), "private", "/usr/lib/libc.so.6", policy, {1: 500.0}),
+    ), 0.0)
+
+
+def thread(tid, node, run_ns=0, start_ticks=0):
+    return ThreadStats(tid, start_ticks, "app", TOPO.nodes[node].cpus[0], node, run_ns)
+
+
+def build(builder, now, threads, affinity=lambda tid: ALL, owned=lambda key, tid: None, **kw):
+    return builder.build(now, 100.0, TOPO, [(info(), mm(kw.pop("policy", MemPolicy("default"))), threads)],
+                         affinity, owned, True, True, **kw)
+
+
+def test_a_busy_thread_seen_for_the_first_time_is_weighed_by_its_lifetime():
+    snap, _ = build(SnapshotBuilder(), 10.0, [thread(101, 0, run_ns=45 * 10**9, start_ticks=10 * CLOCK_TICKS)])
+    assert abs(snap.processes[0].tasks[0].runnable_weight - 0.5) < 1e-9
+
+
+def test_later_passes_weigh_run_time_since_the_previous_pass():
+    b = SnapshotBuilder()
+    build(b, 10.0, [thread(101, 0, run_ns=1 * 10**9)])
+    snap, _ = build(b, 12.0, [thread(101, 0, run_ns=2 * 10**9)])
+    assert abs(snap.processes[0].tasks[0].runnable_weight - 0.5) < 1e-9
+
+
+def test_a_narrowed_affinity_is_a_user_pin_unless_the_daemon_set_it():
+    node1 = frozenset(TOPO.nodes[1].cpus)
+    snap, _ = build(SnapshotBuilder(), 1.0, [thread(101, 1), thread(102, 1)], affinity=lambda tid: node1,
+                    owned=lambda key, tid: node1 if tid == 101 else None)
+    pinned = {t.tid: t.user_pinned for t in snap.processes[0].tasks}
+    assert pinned == {101: False, 102: True}
+    assert not snap.processes[0].user_pinned
+
+
+def test_private_anonymous_mappings_become_page_groups_and_libraries_do_not():
+    snap, groups = build(SnapshotBuilder(), 1.0, [thread(101, 0)])
+    ids = {g.id for g in snap.processes[0].page_groups}
+    assert ids == {group_id(HEAP, 0), group_id(HEAP, 1)}
+    assert groups[(KEY.pid, KEY.start_time)][group_id(HEAP, 1)].start == HEAP
+
+
+def test_groups_found_unmovable_are_left_out():
+    snap, _ = build(SnapshotBuilder(), 1.0, [thread(101, 0)],
+                    skip_groups={(KEY.pid, KEY.start_time, group_id(HEAP, 1))})
+    assert {g.id for g in snap.processes[0].page_groups} == {group_id(HEAP, 0)}
+
+
+def test_sampled_writes_make_region_groups_with_their_writers():
+    regions = {KEY: {HEAP: RegionTouches({101: 30}, {1: 30}),
+                     HEAP + REGION_BYTES: RegionTouches({102: 10, 101: 10}, {0: 15, 1: 5})}}
+    snap, groups = build(SnapshotBuilder(), 1.0, [thread(101, 0), thread(102, 1)], regions=regions)
+    by_id = {g.id: g for g in snap.processes[0].page_groups}
+    first = by_id[group_id(HEAP, 1)]
+    assert first.pages == REGION_BYTES // 4096 and first.touches == {101: 30}
+    assert by_id[group_id(HEAP + REGION_BYTES, 0)].pages == 384
+    assert groups[(KEY.pid, KEY.start_time)][group_id(HEAP, 1)].end == HEAP + REGION_BYTES
+
+
+def test_own_bind_policy_is_reported():
+    snap, _ = build(SnapshotBuilder(), 1.0, [thread(101, 0)], policy=MemPolicy("bind", (1,)))
+    assert snap.processes[0].own_mempolicy
+
+
+def test_process_locality_is_memory_on_each_threads_node():
+    snap, _ = build(SnapshotBuilder(), 1.0, [thread(101, 1), thread(102, 0)])
+    view = snap.processes[0]
+    total = sum(view.node_pages.values())
+    assert abs(process_locality(view) - (view.node_pages[1] + view.node_pages[0]) / total / 2) < 1e-9
