@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -113,6 +114,9 @@ def format_text(report: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace, sleep: Callable[[float], None] = time.sleep) -> int:
+    if not 0 <= args.interval < math.inf:
+        print("autonumactl show: --interval must be 0 or more seconds", file=sys.stderr)
+        return 2
     files = KernelFiles(args.root)
     processes = find_processes(files, args.process)
     if not processes:

@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import random
 import select
@@ -381,11 +382,14 @@ def run(args: argparse.Namespace, sleep: Callable[[float], None] = time.sleep,
         request: Callable[..., Any] | None = control_client.request,
         out: TextIO | None = None, keys: TextIO | None = None) -> int:
     out = out or sys.stdout
-    if args.interval <= 0:
+    if not 0 < args.interval < math.inf:
         print("autonumactl top: --interval must be above 0", file=sys.stderr)
         return 2
     if args.iterations is not None and args.iterations < 1:
         print("autonumactl top: -n must be at least 1", file=sys.stderr)
+        return 2
+    if args.limit is not None and args.limit < 1:
+        print("autonumactl top: --limit must be at least 1", file=sys.stderr)
         return 2
     files = KernelFiles(args.root)
     live_root = os.path.realpath(args.root) == "/"

@@ -1,0 +1,340 @@
+"""The daemon under attack, in the 2- and 4-node VMs: churn, a full node, a crash.
+
+One daemon serves the module, started with kernel.numa_balancing at its boot value;
+the crash test comes last because it kills that daemon.
+- scripts/churn beside a 2 x 64 MB workload (fork+exec, fork+exit, threads, PIDs
+  wrapping around, processes exiting mid-scan, changing their own affinity and
+  memory policy, unmapping mid-scan): no ERROR or traceback in the daemon's log,
+  it still answers, the workload still converges; the PID-reuse and page-status
+  counters and the daemon's RSS and CPU % are printed;
+- a node filled to just above the daemon's node_reserve_mb, and a pinned thread
+  whose memory sits elsewhere: the daemon moves memory into that node only down to
+  the reserve, and nothing is OOM-killed (2-node VM only, to keep the 4-node run short);
+- kill -9 of the daemon while it balances a numa01 workload with --verify: the
+  workload keeps running with its data intact, and a daemon restarted on the same
+  state file knows which affinities and which kernel.numa_balancing value were its
+  own doing, restores the originals when it stops, and kept its state file and
+  socket private (mode 0600).
+
+Each test prints a "figures:" block (run pytest with -s to see them); the longer
+churn run is scripts/soak.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+from test_daemon_vm import REPO, Workload, node_count, online_cpus, status
+
+pytestmark = pytest.mark.vm
+
+BIN = os.path.dirname(sys.executable)
+RESERVE_MB = 128
+CONFIG = """
+[daemon]
+state_file = "{tmp}/state.json"
+control_socket = "{tmp}/run/control.sock"
+log_level = "debug"
+[policy]
+min_rss_mb = 16
+min_cpu_percent = 5
+settle_seconds = 5
+[migrate]
+node_reserve_mb = {reserve}
+"""
+CHURN_SECONDS = float(os.environ.get("AUTONUMAD_CHURN_SECONDS", "60"))  # scripts/soak sets both
+CHURN_WORKLOAD_MB = int(os.environ.get("AUTONUMAD_CHURN_MB", "64"))
+CHURN_PID_MAX = 8192
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_MB = 4096 / (1 << 20)
+
+
+def sysctl_numa_balancing() -> str:
+    with open("/proc/sys/kernel/numa_balancing") as f:
+        return f.read().strip()
+
+
+BOOT_NUMA_BALANCING = sysctl_numa_balancing() if os.path.exists("/proc/sys/kernel/numa_balancing") else None
+"""Read before this module's daemon turns it off."""
+
+
+def node_free_mb(node: int) -> float:
+    with open(f"/sys/devices/system/node/node{node}/meminfo") as f:
+        for line in f:
+            if "MemFree:" in line:
+                return int(line.split()[-2]) / 1024
+    raise AssertionError(f"no MemFree in node{node}/meminfo")
+
+
+def node_pages(pid: int, node: int) -> int:
+    from autonumad.kernel.files import KernelFiles
+    from autonumad.kernel.procfs import read_numa_maps
+    return sum(e.node_base_pages.get(node, 0) for e in read_numa_maps(KernelFiles("/"), pid))
+
+
+def oom_lines() -> list[str]:
+    out = subprocess.run(["dmesg"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines()
+            if "Out of memory" in line or "oom-kill" in line or "oom_reaper" in line]
+
+
+def print_figures(title: str, figures: dict) -> None:
+    print(f"\nfigures: {title} ({node_count()} nodes)")
+    for key, value in figures.items():
+        print(f"  {key}: {value}")
+
+
+class Daemon:
+    """autonumad started with a temporary config, socket and state file; restartable on the same ones."""
+
+    def __init__(self, tmp: str, log_name: str = "daemon.log") -> None:
+        os.makedirs(f"{tmp}/run", mode=0o755, exist_ok=True)
+        self.tmp = tmp
+        self.sock = f"{tmp}/run/control.sock"
+        self.state_path = f"{tmp}/state.json"
+        self.conf = f"{tmp}/autonumad.conf"
+        if not os.path.exists(self.conf):
+            with open(self.conf, "w") as f:
+                f.write(CONFIG.format(tmp=tmp, reserve=RESERVE_MB))
+        self.log_path = f"{tmp}/{log_name}"
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "autonumad.daemon_main", "--config", self.conf],
+                                         stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        deadline = time.monotonic() + 240
+        while True:
+            assert self.proc.poll() is None, self.read_log()
+            try:
+                status(self.sock)
+                return
+            except (AssertionError, json.JSONDecodeError):
+                assert time.monotonic() < deadline, "daemon never answered status:\n" + self.read_log()
+                time.sleep(1)
+
+    def read_log(self) -> str:
+        with open(self.log_path) as f:
+            return f.read()
+
+    def trouble(self) -> list[str]:
+        """Log lines at ERROR level or from a traceback."""
+        return [line for line in self.read_log().splitlines()
+                if " ERROR:" in line or "Traceback" in line or "CRITICAL" in line]
+
+    def state_file(self) -> dict:
+        with open(self.state_path) as f:
+            return json.load(f)
+
+    def usage(self) -> tuple[float, int]:
+        """(CPU seconds so far, RSS in KiB) of the daemon process."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS, rss
+
+    def set_knob(self, knob: str, value: int) -> int:
+        """Change a runtime knob; returns its previous value."""
+        out = subprocess.run([f"{BIN}/autonumactl", "--socket", self.sock, "set", knob, str(value), "--json"],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)["previous"]
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=120)
+
+
+def wait_for(predicate, timeout: float, what: str, every: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        time.sleep(every)
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory):
+    d = Daemon(str(tmp_path_factory.mktemp("robust-daemon")))
+    yield d
+    if d.proc.poll() is None:
+        assert d.stop() == 0
+
+
+def test_churn_beside_a_workload_leaves_the_daemon_answering_and_the_workload_converging(daemon,
+                                                                                         tmp_path_factory):
+    tmp = str(tmp_path_factory.mktemp("churn"))
+    before = status(daemon.sock)
+    w = Workload(tmp, "churned", "--shape", "numa01", "--processes", "2", "--threads", "1",
+                 "--mb", str(CHURN_WORKLOAD_MB), "--duration", str(CHURN_SECONDS + 600), "--affinity", "free")
+    try:
+        churn = subprocess.Popen([sys.executable, f"{REPO}/scripts/churn", "--duration", str(CHURN_SECONDS),
+                                  "--pid-max", str(CHURN_PID_MAX), "--json", f"{tmp}/churn.json"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cpu0, rss_max = daemon.usage()
+        t0 = time.monotonic()
+        while churn.poll() is None:
+            time.sleep(2)
+            rss_max = max(rss_max, daemon.usage()[1])
+        cpu1 = daemon.usage()[0]
+        churn_s = time.monotonic() - t0
+        table = churn.stdout.read()
+        assert churn.returncode == 0, table
+        with open(f"{tmp}/churn.json") as f:
+            rates = json.load(f)["kinds"]
+        assert daemon.proc.poll() is None, daemon.read_log()[-4000:]
+        after = status(daemon.sock)
+        loc = w.wait_locality(0.9, timeout=90)
+        assert loc >= 0.9, f"locality {loc:.2f} 90 s after the churn\n{daemon.read_log()[-4000:]}"
+        assert not daemon.trouble(), "\n".join(daemon.trouble()[:20])
+    finally:
+        summaries = w.stop()
+    assert all(s["mismatches"] == 0 for s in summaries), summaries
+    counters = {k: after["counters"].get(k, 0) - before["counters"].get(k, 0)
+                for k in ("pid_reuse_caught_before", "pid_reuse_undone", "process_gone", "task_moves",
+                          "pages_migrated", "access_denied", "affinity_failed", "passes")}
+    print(table)
+    print_figures(f"{CHURN_SECONDS:g} s of churn beside 2 x {CHURN_WORKLOAD_MB} MB numa01", {
+        "churn achieved/s": ", ".join(f"{k} {v['achieved']:g}" for k, v in rates.items()),
+        "daemon counters during the test": counters,
+        "page statuses (since start)": after["page_status"] or "none",
+        "daemon CPU % during churn": round(100 * (cpu1 - cpu0) / churn_s, 1),
+        "daemon max RSS MB during churn": round(rss_max / 1024, 1),
+        "final locality": round(loc, 3),
+        "bytes verified": sum(s["verified_bytes"] for s in summaries),
+        "mismatches": sum(s["mismatches"] for s in summaries),
+    })
+
+
+FILLER = """
+import mmap, sys, time
+target_free_mb, chunk = float(sys.argv[1]), 4 << 20
+def free_mb():
+    with open("/sys/devices/system/node/node0/meminfo") as f:
+        return next(int(l.split()[-2]) for l in f if "MemFree:" in l) / 1024
+bufs = []
+while free_mb() > target_free_mb:
+    buf = mmap.mmap(-1, chunk, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    buf.write(b"\\1" * chunk)
+    bufs.append(buf)
+print(len(bufs) * chunk >> 20, flush=True)
+time.sleep(3600)
+"""
+
+
+@pytest.mark.skipif(os.path.isdir("/sys/devices/system/node") and node_count() > 2,
+                    reason="node 0 against node 1 is the same on every topology: 2-node VM only")
+def test_a_node_filled_to_its_reserve_gets_no_migration_beyond_it_and_nothing_is_oom_killed(daemon,
+                                                                                          tmp_path_factory):
+    tmp = str(tmp_path_factory.mktemp("pressure"))
+    headroom_mb, slice_mb, tolerance_mb = 32, 160, 24
+    oom_before = oom_lines()
+    # Migrations paused (not `autonumactl disable`, which hands kernel.numa_balancing back, and the
+    # kernel would move the slice itself) while the workload starts and node 0 is filled.
+    paused = {"pages_to_migrate": daemon.set_knob("pages_to_migrate", 1),
+              "migrate_sleep_millisecs": daemon.set_knob("migrate_sleep_millisecs", 3_600_000)}
+    w = Workload(tmp, "pressed", "--shape", "numa02", "--threads", "1", "--mb", str(slice_mb),
+                 "--home-nodes", "0", "--memory-nodes", "1", "--affinity", "pinned", "--duration", "600")
+    filler = subprocess.Popen(["numactl", "--membind=0", sys.executable, "-c", FILLER,
+                               str(RESERVE_MB + headroom_mb)], stdout=subprocess.PIPE, text=True)
+    try:
+        filled_mb = int(filler.stdout.readline())
+        pid = w.pids[0]
+        with open(w.ready) as f:
+            placed = json.load(f)["processes"][0]["memory"]
+        on_node0_before = node_pages(pid, 0) * PAGE_MB
+        assert on_node0_before < slice_mb / 2, f"the slice did not start on node 1: {placed}"
+        free_start = node_free_mb(0)
+        for knob, value in paused.items():
+            daemon.set_knob(knob, value)
+        lowest = free_start
+        deadline = time.monotonic() + 45
+        while time.monotonic() < deadline:
+            lowest = min(lowest, node_free_mb(0))
+            time.sleep(0.5)
+        on_node0 = node_pages(pid, 0) * PAGE_MB
+        assert lowest >= RESERVE_MB - tolerance_mb, (
+            f"node 0 free fell to {lowest:.0f} MB, reserve {RESERVE_MB} MB\n{daemon.read_log()[-4000:]}")
+        assert on_node0 - on_node0_before <= headroom_mb + tolerance_mb, (on_node0_before, on_node0)
+        assert filler.poll() is None and w.proc.poll() is None, "a process died under memory pressure"
+        assert not daemon.trouble(), "\n".join(daemon.trouble()[:20])
+    finally:
+        filler.kill()
+        filler.wait()
+        summaries = w.stop()
+    assert all(s["mismatches"] == 0 for s in summaries), summaries
+    new_oom = [line for line in oom_lines() if line not in oom_before]
+    assert not new_oom, new_oom
+    print_figures("node 0 filled to its reserve", {
+        "reserve / headroom MB": f"{RESERVE_MB} / {headroom_mb}",
+        "filler MB on node 0": filled_mb,
+        "slice placed": placed,
+        "node 0 free MB at start / lowest": f"{free_start:.0f} / {lowest:.0f}",
+        f"workload MB on node 0 (of {slice_mb} wanting to go there) before / after":
+            f"{on_node0_before:.0f} / {on_node0:.0f}",
+        "OOM lines in dmesg": len(new_oom),
+    })
+
+
+def test_kill_9_mid_work_keeps_data_and_the_restarted_daemon_restores_the_originals(daemon, tmp_path_factory):
+    """Last in the module: it kills the module's daemon (which churn and pressure used first)."""
+    tmp = str(tmp_path_factory.mktemp("crash"))
+    first = daemon
+    assert sysctl_numa_balancing() == "0"
+    moves_before = status(first.sock)["counters"].get("task_moves", 0)
+    w = Workload(tmp, "crash", "--shape", "numa01", "--processes", str(node_count()), "--threads", "1",
+                 "--mb", "64", "--duration", "300", "--affinity", "free")
+    second = None
+    try:
+        wait_for(lambda: status(first.sock)["counters"].get("task_moves", 0) > moves_before, 150,
+                 "a task move of the workload's")
+        os.kill(first.proc.pid, signal.SIGKILL)
+        assert first.proc.wait(timeout=30) == -signal.SIGKILL
+        assert w.proc.poll() is None, "the workload died with the daemon"
+        for pid in w.pids:
+            os.kill(pid, 0)
+        narrowed = {t: os.sched_getaffinity(t) for t in w.thread_ids() if os.sched_getaffinity(t) != online_cpus()}
+        assert narrowed, "the daemon moved threads, so some affinity must be narrowed"
+        record = first.state_file()
+        assert record["numa_balancing_original"] == BOOT_NUMA_BALANCING
+        assert sysctl_numa_balancing() == "0", "nobody restored kernel.numa_balancing after kill -9"
+        recorded = {int(key.split(":")[2]): entry for key, entry in record["affinities"].items()}
+        for tid, cpus in narrowed.items():
+            assert tid in recorded and set(recorded[tid]["applied"]) == cpus, (tid, record)
+            assert set(recorded[tid]["original"]) == online_cpus()
+
+        second = Daemon(first.tmp, "daemon-restarted.log")
+        st = status(second.sock)
+        assert st["kernel_numa_balancing"] == {"current": "0", "original": BOOT_NUMA_BALANCING}
+        owned = {int(key.split(":")[2]) for key in second.state_file()["affinities"]}
+        assert set(narrowed) <= owned, (narrowed, owned)
+        modes = {path: stat.S_IMODE(os.stat(path).st_mode) for path in (second.state_path, second.sock)}
+        assert all(mode & 0o077 == 0 for mode in modes.values()), modes
+        assert second.stop() == 0
+        for t in w.thread_ids():
+            assert os.sched_getaffinity(t) == online_cpus(), f"thread {t} kept the daemon's affinity"
+        assert sysctl_numa_balancing() == BOOT_NUMA_BALANCING
+        assert second.state_file() == {"version": 1, "numa_balancing_original": None, "affinities": {}}
+        assert not first.trouble() and not second.trouble(), first.trouble() + second.trouble()
+    finally:
+        if second is not None and second.proc.poll() is None:
+            second.stop()
+        summaries = w.stop()
+    assert all(s["mismatches"] == 0 and s["verified_bytes"] > 0 for s in summaries), summaries
+    print_figures("kill -9 mid-work", {
+        "threads the killed daemon had moved": len(narrowed),
+        "kernel.numa_balancing boot / recorded / after stop": f"{BOOT_NUMA_BALANCING} / "
+                                                             f"{record['numa_balancing_original']} / "
+                                                             f"{sysctl_numa_balancing()}",
+        "state file and socket modes": {os.path.basename(p): oct(m) for p, m in modes.items()},
+        "bytes verified": sum(s["verified_bytes"] for s in summaries),
+        "mismatches": sum(s["mismatches"] for s in summaries),
+    })
