@@ -32,28 +32,19 @@ import time
 
 import pytest
 
-from test_daemon_vm import REPO, Workload, node_count, online_cpus, status
+from test_daemon_vm import CONFIG as TEST_CONFIG
+from test_daemon_vm import REPO, Daemon, Workload, node_count, online_cpus, status
 
 pytestmark = pytest.mark.vm
 
 BIN = os.path.dirname(sys.executable)
 RESERVE_MB = 128
-CONFIG = """
-[daemon]
-state_file = "{tmp}/state.json"
-control_socket = "{tmp}/run/control.sock"
-log_level = "debug"
-[policy]
-min_rss_mb = 16
-min_cpu_percent = 5
-settle_seconds = 5
-[migrate]
-node_reserve_mb = {reserve}
+ROBUST_CONFIG = TEST_CONFIG + f"""[migrate]
+node_reserve_mb = {RESERVE_MB}
 """
 CHURN_SECONDS = float(os.environ.get("AUTONUMAD_CHURN_SECONDS", "60"))  # scripts/soak sets both
 CHURN_WORKLOAD_MB = int(os.environ.get("AUTONUMAD_CHURN_MB", "64"))
 CHURN_PID_MAX = 8192
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_MB = 4096 / (1 << 20)
 
 
@@ -92,65 +83,6 @@ def print_figures(title: str, figures: dict) -> None:
         print(f"  {key}: {value}")
 
 
-class Daemon:
-    """autonumad started with a temporary config, socket and state file; restartable on the same ones."""
-
-    def __init__(self, tmp: str, log_name: str = "daemon.log") -> None:
-        os.makedirs(f"{tmp}/run", mode=0o755, exist_ok=True)
-        self.tmp = tmp
-        self.sock = f"{tmp}/run/control.sock"
-        self.state_path = f"{tmp}/state.json"
-        self.conf = f"{tmp}/autonumad.conf"
-        if not os.path.exists(self.conf):
-            with open(self.conf, "w") as f:
-                f.write(CONFIG.format(tmp=tmp, reserve=RESERVE_MB))
-        self.log_path = f"{tmp}/{log_name}"
-        with open(self.log_path, "w") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "autonumad.daemon_main", "--config", self.conf],
-                                         stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-        deadline = time.monotonic() + 240
-        while True:
-            assert self.proc.poll() is None, self.read_log()
-            try:
-                status(self.sock)
-                return
-            except (AssertionError, json.JSONDecodeError):
-                assert time.monotonic() < deadline, "daemon never answered status:\n" + self.read_log()
-                time.sleep(1)
-
-    def read_log(self) -> str:
-        with open(self.log_path) as f:
-            return f.read()
-
-    def trouble(self) -> list[str]:
-        """Log lines at ERROR level or from a traceback."""
-        return [line for line in self.read_log().splitlines()
-                if " ERROR:" in line or "Traceback" in line or "CRITICAL" in line]
-
-    def state_file(self) -> dict:
-        with open(self.state_path) as f:
-            return json.load(f)
-
-    def usage(self) -> tuple[float, int]:
-        """(CPU seconds so far, RSS in KiB) of the daemon process."""
-        with open(f"/proc/{self.proc.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS, rss
-
-    def set_knob(self, knob: str, value: int) -> int:
-        """Change a runtime knob; returns its previous value."""
-        out = subprocess.run([f"{BIN}/autonumactl", "--socket", self.sock, "set", knob, str(value), "--json"],
-                             capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0, out.stderr
-        return json.loads(out.stdout)["previous"]
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=120)
-
-
 def wait_for(predicate, timeout: float, what: str, every: float = 1.0):
     deadline = time.monotonic() + timeout
     while True:
@@ -163,7 +95,7 @@ def wait_for(predicate, timeout: float, what: str, every: float = 1.0):
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory):
-    d = Daemon(str(tmp_path_factory.mktemp("robust-daemon")))
+    d = Daemon(str(tmp_path_factory.mktemp("robust-daemon")), ROBUST_CONFIG)
     yield d
     if d.proc.poll() is None:
         assert d.stop() == 0
@@ -311,7 +243,7 @@ def test_kill_9_mid_work_keeps_data_and_the_restarted_daemon_restores_the_origin
             assert tid in recorded and set(recorded[tid]["applied"]) == cpus, (tid, record)
             assert set(recorded[tid]["original"]) == online_cpus()
 
-        second = Daemon(first.tmp, "daemon-restarted.log")
+        second = Daemon(first.tmp, ROBUST_CONFIG, "daemon-restarted.log")
         st = status(second.sock)
         assert st["kernel_numa_balancing"] == {"current": "0", "original": BOOT_NUMA_BALANCING}
         owned = {int(key.split(":")[2]) for key in second.state_file()["affinities"]}
