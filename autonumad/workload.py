@@ -19,7 +19,7 @@ rotation, as benchmark scenario S4 wants) or on --memory-nodes, or on its home
 node (--start local); the toucher then resets its policy to MPOL_DEFAULT, and
 no other thread ever sets one. Threads start on their home node's CPUs; with
 --affinity free they are released to every CPU the workload was allowed at
-start right after their first report, with --affinity pinned they stay (as
+start the moment sweeping begins (before their first report), with --affinity pinned they stay (as
 `numactl --cpunodebind` users pin them).
 
 Placement check. After touching, up to PLACEMENT_CHECK_PAGES sampled pages of
@@ -523,9 +523,9 @@ class Worker:
             run.go.wait()
             if run.stop.is_set():
                 return
-            self.report()
-            if run.opts.affinity == "free":
+            if run.opts.affinity == "free":  # released before anything else can pin it
                 sched.set_affinity(self.tid, run.allowed_cpus)
+            self.report()
             while self.sweep_once(self.sweeps + 1):
                 self.sweeps += 1
             self.report()
