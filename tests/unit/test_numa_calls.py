@@ -1,5 +1,6 @@
 """The C extension through numa_calls on this machine's own memory (any node count)."""
 
+from collections import Counter
 import errno
 import mmap
 import os
@@ -36,11 +37,7 @@ def pages_of(m, first_page=0, n_pages=64):
 
 
 def histogram(statuses):
-    counts = {}
-    for node in statuses:
-        if node >= 0:
-            counts[node] = counts.get(node, 0) + 1
-    return counts
+    return dict(Counter(node for node in statuses if node >= 0))
 
 
 def local_node():

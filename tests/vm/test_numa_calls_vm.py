@@ -3,6 +3,7 @@
 Every child process costs seconds under TCG, so tests that only look share one.
 """
 
+from collections import Counter
 import contextlib
 import errno
 import mmap
@@ -172,11 +173,7 @@ def buffer_vma(pid, buffer):
 
 
 def histogram(statuses):
-    counts = {}
-    for node in statuses:
-        if node >= 0:
-            counts[node] = counts.get(node, 0) + 1
-    return counts
+    return dict(Counter(node for node in statuses if node >= 0))
 
 
 def page_addrs(start, end, step=1):
