@@ -355,8 +355,9 @@ class ScanConfig:
         "Ceiling on the daemon's own CPU use, in percent of one CPU; the scanner "
         "lengthens its pauses to stay under it."))
     sample_stride_pages: int = setting(0, Int(0, MAX_PAGES), (
-        "Sample one page in every N of a mapping. 0: adaptive, chosen so that a "
-        "process's pass fits in pages_to_scan."))
+        "Sample one page in every N of a mapping (raised to the next N sharing no "
+        "factor with 2..nodes, so interleaved memory is sampled evenly). 0: adaptive, "
+        "about 4096 samples per process and a pass within pages_to_scan."))
     fault_sampling: bool = setting(True, Bool(), (
         "Attribute writes to threads (soft-dirty bits, and perf memory sampling where "
         "the CPU has a PMU). false: place by page location and thread CPU only."))

@@ -109,7 +109,7 @@ class Daemon:
                                  MigrationRateLimit(config.migrate.pages_to_migrate,
                                                     config.migrate.migrate_sleep_millisecs))
         self.discovery = ProcessDiscovery(files, ProcessFilter.from_config(config))
-        self.mm = MmStatsTable.from_config(files, config)
+        self.mm = MmStatsTable.from_config(files, config, n_nodes=len(self.topology.has_memory))
         self.tasks = TaskStatsTable(self.topology.cpu_nodes)
         self.sampler = WriteFaultSampler(files, self.tasks, enabled=config.scan.fault_sampling)
         self.budget = ScanBudget.from_config(config.scan, sleep=self._sleep, credit_window_s=CPU_CREDIT_WINDOW_S)

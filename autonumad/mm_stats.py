@@ -6,17 +6,22 @@ same `MmSnapshot`:
 - sampled (the pass-by-pass source): the mappings of /proc/PID/maps, minus the
   kernel's special ones ([vsyscall], [vvar], [vdso], ...) and inaccessible ones
   (`---p` guard pages and reservations hold no pages), are handed to the C
-  scanner (`numa_calls.scan_ranges`), which queries the node of one page per
-  window of `stride` pages at a random offset, with a fresh seed per call. Every
+  scanner (`numa_calls.scan_ranges`), which queries the node of every stride-th
+  page from a random start in each range, with a fresh seed per call. Every
   page has the same chance 1/stride of being sampled, so count x stride is an
   unbiased estimate of the resident base pages on each node, per mapping and in
   total; huge pages (THP and hugetlb) are counted at their real size because every
   4 KiB address inside one answers with the huge page's node.
   Stride (`choose_stride`): the larger of rss/TARGET_RESIDENT_SAMPLES, so that about
   4096 resident pages are sampled whatever the size (a proportion from 4096
-  stratified samples is within ~0.8 percentage points even binomially), and
+  samples is within ~0.8 percentage points even binomially), and
   mapped/pages_to_scan, so that no process costs more than one batch of
-  `pages_to_scan` queries per pass; a fixed `sample_stride_pages` overrides both.
+  `pages_to_scan` queries per pass, moved to the nearest stride that shares no
+  prime factor with the machine's possible interleave periods (2..nodes): the
+  scanner samples systematically (every stride-th page from a random start), so
+  memory interleaved page by page is then counted exactly, not within binomial
+  noise; a fixed `sample_stride_pages` overrides the targets (moved up to the
+  next stride with no such factor).
   A process's scan is cut into chunks at stride-window boundaries as the
   `ScanBudget` grants pages.
 - exact (`/proc/PID/numa_maps`): every resident page, per mapping, with each
@@ -32,7 +37,7 @@ replaced by each new one, because each pass samples the whole address space afre
 (new random offsets), so the newest is the best estimate of where the memory is
 now; blending with older passes would hide for several passes the pages the
 daemon itself just migrated and invite moving them again. Noise between passes is
-small (~4096 stratified samples). Mapping policies survive between numa_maps reads;
+small (~4096 samples). Mapping policies survive between numa_maps reads;
 mappings created since the last read have an unknown (None) policy.
 """
 
@@ -56,6 +61,7 @@ from autonumad.scan_pacing import ScanBudget
 log = logging.getLogger(__name__)
 
 TARGET_RESIDENT_SAMPLES = 4096
+INTERLEAVE_PRIMES = (2, 3, 5, 7, 11, 13)   # interleave periods up to 16 nodes sampled evenly
 NUMA_MAPS_PAGES_PER_SAMPLE = 3   # numa_maps walk ~55 ns per resident page, a sample ~180 ns
 EXACT_EVERY_PASSES = 30
 SPECIAL_MAPPINGS = frozenset({"[vsyscall]", "[vvar]", "[vvar_vclock]", "[vdso]", "[uprobes]"})
@@ -165,11 +171,34 @@ def mapping_kind(entry: MapsEntry) -> str:
     return "private"
 
 
-def choose_stride(rss_pages: int, mapped_pages: int, pages_to_scan: int, fixed: int = 0) -> int:
-    """Sampling stride for one process (see the module docstring)."""
+def choose_stride(rss_pages: int, mapped_pages: int, pages_to_scan: int, fixed: int = 0,
+                  n_nodes: int = 2) -> int:
+    """Sampling stride for one process (see the module docstring): a stride that shares
+    no prime factor with any interleave period (2..n_nodes), so that interleaved memory
+    is sampled evenly, as near as that allows to the one the sample and cost targets
+    ask for (below it rather than more than twice above), never under the cost floor.
+    A fixed stride is moved up to the next such stride."""
     if fixed > 0:
-        return fixed
-    return max(1, math.ceil(rss_pages / TARGET_RESIDENT_SAMPLES), math.ceil(mapped_pages / pages_to_scan))
+        floor = ideal = fixed
+    else:
+        floor = max(1, math.ceil(mapped_pages / pages_to_scan))
+        ideal = max(floor, math.ceil(rss_pages / TARGET_RESIDENT_SAMPLES))
+    primes = [p for p in INTERLEAVE_PRIMES if p <= n_nodes]
+
+    def coprime(t: int) -> bool:
+        return all(t % p for p in primes)
+
+    above = ideal
+    while not coprime(above):
+        above += 1
+    below = ideal
+    while below > floor and not coprime(below):
+        below -= 1
+    if not coprime(below):
+        return above
+    if above <= 2 * ideal and above / ideal <= ideal / below:
+        return above
+    return below   # more samples than the target; still within pages_to_scan
 
 
 def exact_snapshot(key: ProcessKey, numa_maps: Sequence[NumaMapsEntry], maps: Sequence[MapsEntry],
@@ -275,7 +304,7 @@ class MmStatsTable:
     """
 
     def __init__(self, files: KernelFiles, pages_to_scan: int = 32768, sample_stride_pages: int = 0,
-                 scan_ranges: ScanRanges | None = None, seed: int | None = None,
+                 scan_ranges: ScanRanges | None = None, seed: int | None = None, n_nodes: int = 2,
                  clock: Callable[[], float] = time.monotonic,
                  cpu_clock: Callable[[], float] = time.process_time):
         if scan_ranges is None:
@@ -284,6 +313,7 @@ class MmStatsTable:
         self.files = files
         self.pages_to_scan = pages_to_scan
         self.sample_stride_pages = sample_stride_pages
+        self.n_nodes = n_nodes
         self.scan_ranges = scan_ranges
         self.rng = random.Random(seed)
         self.clock = clock
@@ -327,7 +357,7 @@ class MmStatsTable:
             else:
                 mappings = sampled_mappings(maps)
                 stride = choose_stride(process.rss_pages, sum(m.pages for m in mappings),
-                                       self.pages_to_scan, self.sample_stride_pages)
+                                       self.pages_to_scan, self.sample_stride_pages, self.n_nodes)
                 state.snapshot = sampled_snapshot(key, mappings, stride, self.scan_ranges, budget, self.rng,
                                                   self.clock(), state.known, local_node, max_off_node)
         except ProcessGone:

@@ -180,47 +180,14 @@ int ane_reset_mempolicy(void)
 
 /* ---- the sampling scanner --------------------------------------------- */
 
-/* Offsets inside sampling windows: each run of `stride` windows gets a fresh
- * random permutation of 0..stride-1, drawn one element at a time (an
- * incremental Fisher-Yates shuffle), so the cost is O(1) per window. */
-struct offset_picker {
-    uint64_t rng;
-    uint32_t stride;
-    uint32_t used;
-    uint32_t *perm;
-};
-
-static int offset_picker_init(struct offset_picker *p, uint64_t seed, int64_t stride)
-{
-    p->rng = seed;
-    p->stride = (uint32_t)stride;
-    p->used = 0;
-    p->perm = NULL;
-    if (stride == 1)
-        return 0;
-    p->perm = malloc(sizeof(*p->perm) * (size_t)stride);
-    if (!p->perm)
-        return -ENOMEM;
-    for (uint32_t i = 0; i < p->stride; i++)
-        p->perm[i] = i;
-    return 0;
-}
-
-static uint64_t next_offset(struct offset_picker *p)
-{
-    uint32_t j, picked;
-
-    if (p->stride == 1)
-        return 0;
-    if (p->used == p->stride)
-        p->used = 0;
-    j = p->used + (uint32_t)random_below(&p->rng, p->stride - p->used);
-    picked = p->perm[j];
-    p->perm[j] = p->perm[p->used];
-    p->perm[p->used++] = picked;
-    return picked;
-}
-
+/* Where samples fall: systematic sampling. Each range gets one random start
+ * offset in 0..stride-1 and then every stride-th page after it, so every page
+ * has the same chance 1/stride of being sampled. Against a random pick per
+ * window this samples interleaved memory exactly (node = page index mod k):
+ * with a stride that shares no factor with k (the caller picks such strides,
+ * see autonumad/mm_stats.choose_stride) the samples walk through every residue
+ * in turn, so a per-node split comes out within one sample per mapping instead
+ * of within binomial noise. */
 /* One scan's working state: the pending batch and where results go. */
 struct scan {
     int pid;
@@ -281,19 +248,16 @@ static int flush_batch(struct scan *s)
     return 0;
 }
 
-static int scan_range(struct scan *s, struct offset_picker *picker, int64_t r,
+static int scan_range(struct scan *s, uint64_t *rng, int64_t r,
                       uint64_t start, uint64_t end, int64_t stride)
 {
     uint64_t psz = page_size();
     uint64_t first = start & ~(psz - 1);
     uint64_t n_pages = end > first ? (end - first + psz - 1) / psz : 0;
+    uint64_t offset = stride > 1 ? random_below(rng, (uint64_t)stride) : 0;
     int rc;
 
-    for (uint64_t window = 0; window < n_pages; window += (uint64_t)stride) {
-        uint64_t page = window + next_offset(picker);
-
-        if (page >= n_pages)
-            continue;
+    for (uint64_t page = offset; page < n_pages; page += (uint64_t)stride) {
         s->pages[s->pending] = (void *)(uintptr_t)(first + page * psz);
         s->range_of[s->pending] = r;
         if (++s->pending == BATCH_PAGES && (rc = flush_batch(s)) < 0)
@@ -308,7 +272,7 @@ int ane_scan_ranges(int pid, const uint64_t *starts, const uint64_t *ends,
                     uint64_t *off_addrs, int *off_nodes, int64_t max_off,
                     struct ane_scan_totals *totals)
 {
-    struct offset_picker picker;
+    uint64_t rng = seed;
     struct scan *s;
     int rc;
 
@@ -319,11 +283,7 @@ int ane_scan_ranges(int pid, const uint64_t *starts, const uint64_t *ends,
     s = malloc(sizeof(*s));
     if (!s)
         return -ENOMEM;
-    rc = offset_picker_init(&picker, seed, stride_pages);
-    if (rc < 0) {
-        free(s);
-        return rc;
-    }
+    rc = 0;
     s->pid = pid;
     s->local_node = local_node;
     s->n_nodes = n_nodes;
@@ -335,10 +295,9 @@ int ane_scan_ranges(int pid, const uint64_t *starts, const uint64_t *ends,
     s->totals = totals;
     s->pending = 0;
     for (int64_t r = 0; r < n_ranges && rc == 0; r++)
-        rc = scan_range(s, &picker, r, starts[r], ends[r], stride_pages);
+        rc = scan_range(s, &rng, r, starts[r], ends[r], stride_pages);
     if (rc == 0)
         rc = flush_batch(s);
-    free(picker.perm);
     free(s);
     return rc;
 }

@@ -67,20 +67,20 @@ struct ane_scan_totals {
 };
 
 /* The sampling scanner.  For each range [starts[r], ends[r]) of process `pid`,
- * take one page per window of `stride_pages` pages at a random offset inside
- * the window (every page when stride_pages is 1), query the nodes of the
+ * take every stride_pages-th page from a random start offset in
+ * [0, stride_pages) (every page when stride_pages is 1), query the nodes of the
  * sampled pages in batches and count them:
  *   range_node_pages[r * n_nodes + node] += 1 for each sampled present page;
  *   totals as described above;
  *   off_addrs / off_nodes: up to max_off sampled pages present on a node other
  *   than local_node (none when local_node < 0), chosen uniformly among all such
  *   pages (reservoir sampling), in no particular order.
- * Offsets come from a generator seeded by `seed`; every page has the same
- * chance 1/stride_pages of being sampled (a last, short window is sampled only
- * if its offset falls inside it), and within each run of stride_pages windows
- * the offsets are a permutation of 0..stride_pages-1, so placement that repeats
- * with a period dividing the stride (interleaving) is counted without aliasing
- * and with little variance.  Pages that turn out unmapped count in `errors`.
+ * Start offsets come from a generator seeded by `seed`, one per range, so every
+ * page has the same chance 1/stride_pages of being sampled (systematic
+ * sampling).  Placement that repeats with a period sharing no factor with the
+ * stride (interleaving over k nodes, with the caller's choice of stride) is
+ * counted within one sample per range, without binomial noise.
+ * Pages that turn out unmapped count in `errors`.
  * Returns 0, or -errno when the whole query fails (-ESRCH, -EPERM, -EINVAL
  * for a process without memory, -ENOMEM). */
 int ane_scan_ranges(int pid, const uint64_t *starts, const uint64_t *ends,

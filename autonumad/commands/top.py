@@ -227,7 +227,8 @@ class TopSampler:
         mappings = sampled_mappings(maps)
         if not mappings:
             return {}, None
-        stride = choose_stride(info.rss_pages, sum(m.pages for m in mappings), PAGES_TO_SCAN)
+        stride = choose_stride(info.rss_pages, sum(m.pages for m in mappings), PAGES_TO_SCAN,
+                               n_nodes=max(2, len(self.node_ids)))
         snapshot = sampled_snapshot(info.key, mappings, stride, self.scan_ranges, self.budget, self.rng, 0.0)
         return snapshot.node_pages, stride
 

@@ -190,11 +190,11 @@ def scan_ranges(
 ) -> ScanResult:
     """Sample the placement of `pid`'s pages over address ranges (the scanner's hot loop, in C).
 
-    For each [start, end) range one page per window of `stride_pages` pages is
-    queried, at a random offset inside its window (from `seed`); stride 1 queries
-    every page. Each page has the same chance 1/stride_pages of being sampled, and
-    offsets within each run of stride_pages windows are all distinct, so
-    interleaved placement is neither aliased nor noisy. Sampled pages present on a
+    For each [start, end) range every stride_pages-th page is queried, from a
+    random start in [0, stride_pages) (from `seed`); stride 1 queries every page.
+    Each page has the same chance 1/stride_pages of being sampled, and placement
+    interleaved with a period sharing no factor with the stride is counted evenly
+    (mm_stats.choose_stride picks such strides). Sampled pages present on a
     node other than `local_node` are collected (at most `max_off_node`).
     Pages that vanish mid-scan count in `errors`; only whole-call failures raise
     (ProcessGone, AccessDenied, OSError).
