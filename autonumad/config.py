@@ -451,6 +451,14 @@ class KernelConfig:
         "\"disable\": kernel.numa_balancing is turned off while autonumad runs and "
         "the previous value restored when it stops (by the unit's privileged helpers). "
         "\"leave\": not touched (the two balancers may then undo each other's work)."))
+    perf_event_paranoid: str = setting("leave", Choice(("leave", "lower")), (
+        "Write-fault sampling opens perf events on other processes' threads, which "
+        "Debian's kernels refuse at their default kernel.perf_event_paranoid = 3 to "
+        "anything without CAP_SYS_ADMIN (the unit does not grant it): the daemon then "
+        "places by page location and thread CPU only, and says so in status. "
+        "\"lower\": set it to 2 (the upstream default) while autonumad runs and put "
+        "the previous value back when it stops (by the unit's privileged helpers). "
+        "\"leave\": not touched."))
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,9 @@ STATE_DIR = "/var/lib/autonumad"
 STATE_FILE_PATH = "/var/lib/autonumad/state.json"
 
 SYSFS_NODE_DIR = "sys/devices/system/node"
+SYSFS_CPU_DIR = "sys/devices/system/cpu"
 KERNEL_CMDLINE = "proc/cmdline"
 NUMA_BALANCING_SYSCTL = "proc/sys/kernel/numa_balancing"
+PERF_EVENT_PARANOID_SYSCTL = "proc/sys/kernel/perf_event_paranoid"
 
 PAGE_SIZE = 4096

@@ -32,10 +32,12 @@ from autonumad.control_protocol import ProtocolError
 from autonumad.control_server import ControlServer
 from autonumad.kernel.files import KernelFiles, ProcessGone
 from autonumad.kernel.live_ops import LiveKernelOps
-from autonumad.kernel import procfs, sched
+from autonumad.kernel import cpu_load, procfs, sched
 from autonumad.log_setup import set_level
 from autonumad.mm_stats import MmStatsTable
 from autonumad.numa_balancing_sysctl import disable_numa_balancing, read_numa_balancing, restore_numa_balancing
+from autonumad.perf_event_paranoid_sysctl import (lower_perf_event_paranoid, read_perf_event_paranoid,
+                                                  restore_perf_event_paranoid)
 from autonumad.off_switch import noautonuma_on_cmdline, off_reason
 from autonumad.placement_advice import advise
 from autonumad.plan import ExchangeTasks, MigratePages, MoveTask, Plan, PolicyState
@@ -102,6 +104,7 @@ class Daemon:
         self.published: dict[str, Any] = {"managed_processes": [], "managed_threads": {}}
         self.noautonuma = noautonuma_on_cmdline(files)
         self.topology: Topology = read_topology(files)
+        self._cpu_times: dict[int, cpu_load.CpuTimes] | None = None
         self.state_file = StateFile(config.daemon.state_file)
         self.state = self._load_state()
         self.actuator = Actuator(LiveKernelOps(files), self._node_cpus, self.state,
@@ -163,13 +166,21 @@ class Daemon:
         self.server.start()
 
     def take_kernel_balancing(self) -> None:
-        if self.config.kernel.numa_balancing != "disable" or not self.balancing():
+        if not self.balancing():
             return
-        try:
-            log.info(disable_numa_balancing(self.files, self.state, self._save_state))
-        except OSError as exc:
-            log.warning("cannot turn kernel.numa_balancing off (%s): it may fight autonumad; "
-                        "the service's ExecStartPre helper does this with CAP_SYS_ADMIN", exc.strerror or exc)
+        if self.config.kernel.numa_balancing == "disable":
+            try:
+                log.info(disable_numa_balancing(self.files, self.state, self._save_state))
+            except OSError as exc:
+                log.warning("cannot turn kernel.numa_balancing off (%s): it may fight autonumad; "
+                            "the service's ExecStartPre helper does this with CAP_SYS_ADMIN",
+                            exc.strerror or exc)
+        if self.config.kernel.perf_event_paranoid == "lower" and self.config.scan.fault_sampling:
+            try:
+                log.info(lower_perf_event_paranoid(self.files, self.state, self._save_state))
+            except OSError as exc:
+                log.info("kernel.perf_event_paranoid left for the service's ExecStartPre helper (%s)",
+                         exc.strerror or exc)
 
     def give_back(self) -> None:
         """Undo what autonumad changed: affinities it set, kernel.numa_balancing."""
@@ -181,6 +192,11 @@ class Daemon:
                 log.info(restore_numa_balancing(self.files, self.state, self._save_state))
             except OSError as exc:
                 log.info("kernel.numa_balancing left for the service's ExecStopPost helper (%s)",
+                         exc.strerror or exc)
+            try:
+                log.info(restore_perf_event_paranoid(self.files, self.state, self._save_state))
+            except OSError as exc:
+                log.info("kernel.perf_event_paranoid left for the service's ExecStopPost helper (%s)",
                          exc.strerror or exc)
 
     # ------------------------------------------------------------------ the loop
@@ -269,7 +285,8 @@ class Daemon:
             snapshot, self.groups = self.builder.build(
                 now, procfs.read_uptime(self.files), self.topology, observed, self._affinity,
                 self._owned_affinity, self.config.respect.user_affinity, self.config.respect.user_mempolicy,
-                skip_groups=self.stuck_groups.keys(), regions=self.sampler.regions)
+                skip_groups=self.stuck_groups.keys(), regions=self.sampler.regions,
+                node_busy=self._node_busy())
             plan = plan_pass(snapshot, self.policy_state, self.policy_config)
             self.policy_state = plan.state
             lines = self.apply(plan)
@@ -280,6 +297,20 @@ class Daemon:
                                     len(found.new), lines)
         self._publish(snapshot)
         return self.last_pass
+
+    def _node_busy(self) -> dict[int, float] | None:
+        """Busy CPUs per node since the previous pass, from /proc/stat; None the first time."""
+        try:
+            times = cpu_load.read_cpu_times(self.files)
+        except (OSError, ValueError) as exc:
+            log.debug("cannot read CPU times (%s): unmanaged load not counted", exc)
+            times = None
+        before, self._cpu_times = self._cpu_times, times
+        if not before or not times:
+            return None
+        idle = cpu_load.idle_shares(before, times)
+        return {n.id: sum(1.0 - idle[c] for c in n.cpus if c in idle)
+                for n in (self.topology.nodes[i] for i in self.topology.node_ids)}
 
     def _forget(self, keys: list[ProcessKey]) -> None:
         if not keys:
@@ -412,6 +443,9 @@ class Daemon:
                 "migration_rate_mb_s": round(self.actuator.rate_limit.mb_per_second(), 1),
                 "kernel_numa_balancing": {"current": read_numa_balancing(self.files),
                                           "original": self.state.numa_balancing_original},
+                "fault_sampling": self.sampler.state(),
+                "kernel_perf_event_paranoid": {"current": read_perf_event_paranoid(self.files),
+                                               "original": self.state.perf_event_paranoid_original},
                 "last_pass": {"at": self.last_pass.at, "duration_s": round(self.last_pass.duration_s, 3),
                               "actions": self.last_pass.actions, "processes": self.last_pass.processes},
             }
@@ -486,10 +520,11 @@ class Daemon:
         self.discovery = ProcessDiscovery(self.files, ProcessFilter.from_config(self.config))
         self.policy_state = PolicyState()
         self.published = {"managed_processes": [], "managed_threads": {}}
-        try:
-            restore_numa_balancing(self.files, self.state, self._save_state)
-        except OSError:
-            pass
+        for restore in (restore_numa_balancing, restore_perf_event_paranoid):
+            try:
+                restore(self.files, self.state, self._save_state)
+            except OSError:
+                pass
         return restored
 
     def handle_reload(self, args: dict) -> dict:

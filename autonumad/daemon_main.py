@@ -21,6 +21,7 @@ from autonumad.kernel.live_ops import LiveKernelOps
 from autonumad.log_setup import setup_logging
 from autonumad.numa_balancing_sysctl import disable_numa_balancing, restore_numa_balancing
 from autonumad.off_switch import noautonuma_on_cmdline
+from autonumad.perf_event_paranoid_sysctl import lower_perf_event_paranoid, restore_perf_event_paranoid
 from autonumad.state_file import StateFile
 from autonumad.topology import TopologyError, read_topology
 
@@ -94,7 +95,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def setup_kernel(files: KernelFiles, config) -> int:
-    if config.kernel.numa_balancing != "disable" or not config.daemon.enabled:
+    """The unit's privileged ExecStartPre helper: the sysctls the config asks to change."""
+    balancing = config.kernel.numa_balancing == "disable"
+    paranoid = config.kernel.perf_event_paranoid == "lower" and config.scan.fault_sampling
+    if not (balancing or paranoid) or not config.daemon.enabled:
         return 0
     if len(read_topology(files).has_memory) <= 1:
         return 0
@@ -104,7 +108,10 @@ def setup_kernel(files: KernelFiles, config) -> int:
     except ValueError as exc:
         print(f"autonumad: {exc}", file=sys.stderr)
         return 1
-    print(disable_numa_balancing(files, state, state_file.save))
+    if balancing:
+        print(disable_numa_balancing(files, state, state_file.save))
+    if paranoid:
+        print(lower_perf_event_paranoid(files, state, state_file.save))
     return 0
 
 
@@ -123,6 +130,7 @@ def restore_kernel(files: KernelFiles, state_path: str | None) -> int:
     restored = actuator.restore()
     print(f"restored the original affinity of {restored} threads")
     print(restore_numa_balancing(files, state, state_file.save))
+    print(restore_perf_event_paranoid(files, state, state_file.save))
     return 0
 
 

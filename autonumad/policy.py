@@ -22,7 +22,8 @@ Placement is solved as a whole each pass. Every runnable thread (runnable_weight
 >= runnable_threshold) that may move is given a node; each node has one slot per
 CPU; the total of the threads' weights, less `move_cost` for each thread not left
 where it runs, is maximised. Threads that may not move (pinned by someone else,
-or moved within settle_seconds) keep their slots. Slots beyond a node's CPUs exist
+or moved within settle_seconds) keep their slots, and so do the busy CPUs of
+threads the daemon does not manage (NodeView.other_busy_cpus). Slots beyond a node's CPUs exist
 but cost more than any weight can repay, and more for each further thread per CPU:
 so no node runs more runnable threads than CPUs while another node has an idle
 one, and an overcommitted machine spreads its excess evenly.
@@ -120,6 +121,9 @@ class NodeView:
     total_mb: float
     distances: Mapping[int, int]
     """SLIT distance from this node to every node, itself included."""
+    other_busy_cpus: int = 0
+    """CPUs kept busy by threads the snapshot does not show (processes not managed):
+    they count against the node's CPUs like pinned threads, so nothing is stacked on them."""
 
 
 @dataclass(frozen=True)
@@ -292,6 +296,10 @@ def _plan_placement(snapshot: Snapshot, settled: set[TaskKey], config: PolicyCon
     pinned_load: Counter[int] = Counter()
     fixed_load: Counter[int] = Counter()
     unpinned: list[tuple[ProcessView, TaskView]] = []
+    for n in snapshot.nodes:
+        if n.id in cpus and n.other_busy_cpus > 0:
+            pinned_load[n.id] += n.other_busy_cpus
+            fixed_load[n.id] += n.other_busy_cpus
     for process in sorted(snapshot.processes, key=_process_key):
         for task in sorted(process.tasks, key=lambda t: t.tid):
             if task.runnable_weight < config.runnable_threshold or task.cpu_node not in cpus:

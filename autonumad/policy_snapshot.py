@@ -1,9 +1,12 @@
 """From the statistics to the policy's input: the arrow between `statistics` and `policy`.
 
 `SnapshotBuilder.build` turns what the mm and task statistics hold into the
-policy's `Snapshot` (nodes, processes, threads, page groups). It decides three
+policy's `Snapshot` (nodes, processes, threads, page groups). It decides four
 things the statistics do not say by themselves:
 
+- how many CPUs of each node are busy with threads it does not manage
+  (`other_busy_cpus`, from the node's measured busy time, `node_busy`), so that the
+  policy does not stack managed threads on them;
 - how busy a thread is (`runnable_weight`): its run time since the previous pass
   over the wall time since then; for a thread seen for the first time, its run time
   over its lifetime, so a busy process is placed at its first pass;
@@ -36,6 +39,8 @@ from autonumad.constants import PAGE_SIZE
 from autonumad.task_stats import REGION_BYTES, RegionTouches, ThreadStats
 from autonumad.topology import Topology
 
+OTHER_BUSY_MIN = 0.6
+"""Share of a CPU that unmanaged threads must keep busy for the policy to count it taken."""
 MIN_GROUP_PAGES = 16
 """Page groups smaller than this (64 KiB) are not worth a migration."""
 NODE_BITS = 10
@@ -66,11 +71,9 @@ class SnapshotBuilder:
               list[ThreadStats]]], affinity_of: Callable[[int], frozenset[int] | None],
               owned_affinity: Callable[[ProcessKey, int], frozenset[int] | None], respect_affinity: bool,
               respect_mempolicy: bool, skip_groups: Collection[tuple[int, int, int]] = (),
-              regions: Mapping[ProcessKey, Mapping[int, RegionTouches]] | None = None) -> tuple[Snapshot, dict[tuple[int, int], dict[int, GroupRange]]]:
+              regions: Mapping[ProcessKey, Mapping[int, RegionTouches]] | None = None,
+              node_busy: Mapping[int, float] | None = None) -> tuple[Snapshot, dict[tuple[int, int], dict[int, GroupRange]]]:
         online = frozenset(topology.cpus_online)
-        nodes = tuple(
-            NodeView(n.id, n.cpus, n.mem_free_kb / 1024, n.mem_total_kb / 1024, dict(n.distances))
-            for n in (topology.nodes[i] for i in topology.node_ids))
         views: list[ProcessView] = []
         groups: dict[tuple[int, int], dict[int, GroupRange]] = {}
         last_run: dict[tuple[ProcessKey, int], tuple[int, float]] = {}
@@ -110,7 +113,25 @@ class SnapshotBuilder:
                 tasks=tuple(tasks), page_groups=tuple(page_groups), own_mempolicy=own_policy,
                 user_pinned=bool(tasks) and all(t.user_pinned for t in tasks)))
         self._last_run = last_run
+        shown: dict[int, float] = {}
+        for view in views:
+            for task in view.tasks:
+                shown[task.cpu_node] = shown.get(task.cpu_node, 0.0) + task.runnable_weight
+        nodes = tuple(
+            NodeView(n.id, n.cpus, n.mem_free_kb / 1024, n.mem_total_kb / 1024, dict(n.distances),
+                     other_busy_cpus(node_busy, n.id, shown.get(n.id, 0.0)))
+            for n in (topology.nodes[i] for i in topology.node_ids))
         return Snapshot(now, nodes, tuple(views)), groups
+
+
+def other_busy_cpus(node_busy: Mapping[int, float] | None, node: int, shown: float) -> int:
+    """Whole CPUs of `node` busy with threads the snapshot does not show: its measured
+    busy CPUs less the runnable weight of the threads shown there, counted only from
+    OTHER_BUSY_MIN of a CPU up (noise, the daemon itself and a thread that changed node
+    mid-interval stay below it)."""
+    if not node_busy:
+        return 0
+    return max(0, int(node_busy.get(node, 0.0) - shown + 1.0 - OTHER_BUSY_MIN))
 
 
 def mapping_groups(mm: MmSnapshot, threads: list[ThreadStats],

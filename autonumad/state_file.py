@@ -1,7 +1,7 @@
 """The record of what autonumad changed, so that it can be undone even after a crash.
 
 It holds the original value of `kernel.numa_balancing` (when the daemon turned it
-off) and, for every thread whose affinity the daemon set, the affinity it found and
+off), that of `kernel.perf_event_paranoid` (when it lowered it) and, for every thread whose affinity the daemon set, the affinity it found and
 the one it set. The file is rewritten atomically (temporary file + rename, mode
 0600) after every change, so `kill -9` at any point leaves either the old or the
 new record. A daemon restarted after a crash reads it back: a thread whose affinity
@@ -47,12 +47,14 @@ class AffinityRecord:
 @dataclass
 class DaemonState:
     numa_balancing_original: str | None = None
+    perf_event_paranoid_original: str | None = None
     affinities: dict[ThreadKey, AffinityRecord] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {
             "version": STATE_VERSION,
             "numa_balancing_original": self.numa_balancing_original,
+            "perf_event_paranoid_original": self.perf_event_paranoid_original,
             "affinities": {
                 k.text(): {"original": sorted(r.original), "applied": sorted(r.applied), "comm": r.comm}
                 for k, r in sorted(self.affinities.items(), key=lambda kv: kv[0].text())
@@ -67,7 +69,8 @@ class DaemonState:
             ThreadKey.parse(k): AffinityRecord(frozenset(v["original"]), frozenset(v["applied"]), v.get("comm", ""))
             for k, v in data.get("affinities", {}).items()
         }
-        return cls(data.get("numa_balancing_original"), affinities)
+        perf = data.get("perf_event_paranoid_original")
+        return cls(data.get("numa_balancing_original"), None if perf is None else str(perf), affinities)
 
 
 class StateFile:

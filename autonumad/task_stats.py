@@ -41,6 +41,7 @@ from autonumad.constants import PAGE_SIZE
 from autonumad.kernel import procfs
 from autonumad.kernel.files import AccessDenied, KernelFiles, ProcessGone
 from autonumad.kernel.procfs import ThreadSnapshot
+from autonumad.perf_event_paranoid_sysctl import read_perf_event_paranoid
 from autonumad.processes import ProcessKey
 
 log = logging.getLogger(__name__)
@@ -218,6 +219,13 @@ class _Armed:
     samples: list[tuple[int, int, int]] = field(default_factory=list)
 
 
+def _perf_event_paranoid(files: KernelFiles) -> int | None:
+    try:
+        return read_perf_event_paranoid(files)
+    except (OSError, ProcessGone, AccessDenied):
+        return None
+
+
 class WriteFaultSampler:
     """Arms and reads write-fault sampling, paced, for processes spread over nodes.
 
@@ -244,6 +252,14 @@ class WriteFaultSampler:
         self.regions: dict[ProcessKey, dict[int, RegionTouches]] = {}
         """Per process, the last sampling window's writes per REGION_BYTES region."""
         self._last_armed: dict[ProcessKey, float] = {}
+        self.unavailable: str | None = None
+        """Why sampling fails for every process (a kernel setting), or None."""
+
+    def state(self) -> str:
+        """"on", "off (config)" or "unavailable: why", for status."""
+        if self.unavailable:
+            return f"unavailable: {self.unavailable}"
+        return "on" if self.enabled else "off (config)"
 
     def poll(self, keys: Iterable[ProcessKey]) -> None:
         """Drain the armed samplers (their rings hold ~1024 samples per thread), count the
@@ -285,15 +301,27 @@ class WriteFaultSampler:
             log.debug("pid %d went away before write-fault sampling", key.pid)
             return
         except AccessDenied as exc:
-            log.debug("pid %d: write-fault sampling refused (%s)", key.pid, exc)
             self.counters.failures += 1
+            paranoid = _perf_event_paranoid(self.files)
+            if paranoid is not None and paranoid > 2:
+                reason = (f"kernel.perf_event_paranoid = {paranoid} refuses perf_event_open without "
+                          f"CAP_SYS_ADMIN; placing by page location and thread CPU only "
+                          f"([kernel] perf_event_paranoid = \"lower\" lets the service lower it to 2 "
+                          f"while it runs)")
+                if self.unavailable != reason:
+                    log.warning("write-fault sampling refused: %s", reason)
+                self.unavailable = reason
+            else:
+                log.debug("pid %d: write-fault sampling refused (%s)", key.pid, exc)
             return
         except OSError as exc:
             log.warning("write-fault sampling unavailable (%s); placing by page location and "
                         "thread CPU only", exc)
             self.counters.failures += 1
             self.enabled = False
+            self.unavailable = f"{exc}; placing by page location and thread CPU only"
             return
+        self.unavailable = None
         try:
             procfs.clear_soft_dirty(self.files, key.pid)
         except (ProcessGone, AccessDenied) as exc:

@@ -1,6 +1,6 @@
 """autonumactl status: what the running daemon is doing, for a person (or as JSON).
 
-Balancing on or off and why, uptime, kernel.numa_balancing, the last pass, nodes
+Balancing on or off and why, uptime, kernel.numa_balancing, write-fault sampling, the last pass, nodes
 (CPUs, memory, threads managed there), managed processes (locality, MB per node),
 counters, and the runtime knobs with the migration rate they allow (the daemon's
 migration_rate_mb_s: pages_to_migrate per migrate_sleep_millisecs, in MB/s). When the daemon
@@ -71,6 +71,16 @@ def _kernel_balancing_line(kernel: Mapping[str, Any] | None) -> str:
     return f"kernel.numa_balancing: {current}"
 
 
+def _fault_sampling_line(state: str | None, paranoid: Mapping[str, Any] | None) -> str | None:
+    if state is None:
+        return None
+    line = f"write-fault sampling: {state}"
+    current, original = (paranoid or {}).get("current"), (paranoid or {}).get("original")
+    if original is not None and str(original) != str(current):
+        line += f" (kernel.perf_event_paranoid {current}, was {original}; restored when autonumad stops)"
+    return line
+
+
 def _last_pass_line(last: Mapping[str, Any] | None, now: float) -> str:
     if not last or last.get("at") is None:
         return "last pass: none yet"
@@ -130,6 +140,8 @@ def format_status(status: Mapping[str, Any], now: float | None = None) -> str:
          f"config {status.get('config_path') or 'built-in defaults'}",
          _balancing_line(status),
          _kernel_balancing_line(status.get("kernel_numa_balancing")),
+         *filter(None, [_fault_sampling_line(status.get("fault_sampling"),
+                                             status.get("kernel_perf_event_paranoid"))]),
          _last_pass_line(status.get("last_pass"), now)],
         _node_lines(nodes),
         _process_lines(status.get("managed_processes", []), list(nodes)),

@@ -153,6 +153,17 @@ def test_status_says_why_balancing_is_off(daemon, capsys):
     assert "managed processes: none" in out
 
 
+def test_status_says_whether_write_fault_sampling_works_and_what_it_changed_for_it(daemon, capsys):
+    daemon.status.update(fault_sampling="on", kernel_perf_event_paranoid={"current": 2, "original": "3"})
+    _, out, _ = ctl(capsys, daemon.path, "status")
+    assert ("write-fault sampling: on (kernel.perf_event_paranoid 2, was 3; restored when autonumad stops)\n"
+            in out), out
+    daemon.status.update(fault_sampling="unavailable: kernel.perf_event_paranoid = 3 refuses it",
+                         kernel_perf_event_paranoid={"current": 3, "original": None})
+    _, out, _ = ctl(capsys, daemon.path, "status")
+    assert "write-fault sampling: unavailable: kernel.perf_event_paranoid = 3 refuses it\n" in out
+
+
 def test_status_dry_run_is_shown(daemon, capsys):
     daemon.status["dry_run"] = True
     _, out, _ = ctl(capsys, daemon.path, "status")

@@ -1,6 +1,7 @@
 """The policy's rules, one hand-written snapshot each (see autonumad/policy.py)."""
 
 import random
+from dataclasses import replace
 
 from autonumad.plan import ExchangeTasks, MigratePages, MoveTask, PolicyState
 from autonumad.policy import (NodeView, PageGroup, PolicyConfig, ProcessView, Snapshot, TaskView,
@@ -91,6 +92,18 @@ def test_equal_weights_leave_threads_where_they_run():
     a = process(811, [thread(811, 0)], {0: 500, 1: 500})
     b = process(812, [thread(812, 1)], {0: 500, 1: 500})
     assert plan(machine(), a, b).actions == ()
+
+
+def test_a_cpu_kept_busy_by_an_unmanaged_thread_is_not_an_idle_cpu():
+    # process 812 runs on node 0 but is not managed (not in the snapshot) yet: 811 must
+    # not be stacked on it; once 812 is managed, the two swap
+    nodes = machine()
+    busy = (replace(nodes[0], other_busy_cpus=1), nodes[1])
+    a = process(811, [thread(811, 1)], {0: 1000})
+    assert plan(busy, a).actions == ()
+    assert moves(plan(nodes, a)) == {811: (1, 0)}
+    b = process(812, [thread(812, 0)], {1: 1000})
+    assert moves(plan(nodes, a, b)) == {811: (1, 0), 812: (0, 1)}
 
 
 def test_never_more_runnable_threads_on_a_node_than_cpus_while_another_idles():

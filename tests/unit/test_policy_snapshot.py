@@ -51,6 +51,17 @@ def test_later_passes_weigh_run_time_since_the_previous_pass():
     assert abs(snap.processes[0].tasks[0].runnable_weight - 0.5) < 1e-9
 
 
+def test_busy_cpus_not_explained_by_managed_threads_are_counted_per_node():
+    b = SnapshotBuilder()
+    build(b, 10.0, [thread(101, 0, run_ns=1 * 10**9)])
+    # 2 s later: thread 101 ran 1 s on node 0 (weight 0.5); node 0 was 1.6 CPUs busy and
+    # node 1 0.5: one whole CPU on node 0 is someone else's, node 1's half CPU is noise
+    snap, _ = build(b, 12.0, [thread(101, 0, run_ns=2 * 10**9)], node_busy={0: 1.6, 1: 0.5})
+    assert {n.id: n.other_busy_cpus for n in snap.nodes} == {0: 1, 1: 0}
+    snap, _ = build(b, 14.0, [thread(101, 0, run_ns=3 * 10**9)])
+    assert {n.id: n.other_busy_cpus for n in snap.nodes} == {0: 0, 1: 0}
+
+
 def test_a_narrowed_affinity_is_a_user_pin_unless_the_daemon_set_it():
     node1 = frozenset(TOPO.nodes[1].cpus)
     snap, _ = build(SnapshotBuilder(), 1.0, [thread(101, 1), thread(102, 1)], affinity=lambda tid: node1,

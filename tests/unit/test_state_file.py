@@ -9,7 +9,7 @@ from autonumad.state_file import AffinityRecord, DaemonState, StateFile, ThreadK
 
 def test_state_round_trips_and_is_private(tmp_path):
     sf = StateFile(str(tmp_path / "sub" / "state.json"))
-    st = DaemonState("1", {ThreadKey(10, 99, 11): AffinityRecord(frozenset({0, 1}), frozenset({1}), "app")})
+    st = DaemonState("1", "3", {ThreadKey(10, 99, 11): AffinityRecord(frozenset({0, 1}), frozenset({1}), "app")})
     sf.save(st)
     assert sf.load() == st
     mode = stat.S_IMODE(os.stat(sf.path).st_mode)

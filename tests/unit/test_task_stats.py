@@ -3,6 +3,7 @@ and the paced arming of write-fault sampling (with a fake sampler)."""
 
 import errno
 import json
+import logging
 import os
 
 import pytest
@@ -265,6 +266,28 @@ def test_refused_or_gone_process_is_skipped():
         files, s = sampler(spread_table(key), FakeCalls(open_error=error), Clock())
         s.poll([key])
         assert s.enabled and files.writes == []
+
+
+def test_a_paranoid_kernel_refusing_every_process_is_named_once_in_the_log_and_status(tmp_path, caplog):
+    (tmp_path / "proc/sys/kernel").mkdir(parents=True)
+    (tmp_path / "proc/sys/kernel/perf_event_paranoid").write_text("3\n")
+    files = KernelFiles(str(tmp_path), dry_run=True)
+    keys = [ProcessKey(1000, 1), ProcessKey(2000, 1)]
+    clock = Clock()
+    s = WriteFaultSampler(files, spread_table(*keys), FakeCalls(open_error=AccessDenied(errno.EACCES, "denied")),
+                          clock=clock, window_s=1.0, rearm_after_s=30.0)
+    assert s.state() == "on"
+    with caplog.at_level(logging.DEBUG, logger="autonumad.task_stats"):
+        s.poll(keys)
+        s.poll(keys)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "kernel.perf_event_paranoid = 3" in warnings[0], warnings
+    assert s.enabled and s.state().startswith("unavailable: kernel.perf_event_paranoid = 3")
+    assert 'perf_event_paranoid = "lower"' in s.state()
+    s.calls.open_error = None   # the admin lowered it: sampling works again, status says so
+    clock.now = 100
+    s.poll(keys)
+    assert s.state() == "on"
 
 
 def test_forget_closes_an_armed_sampler():
