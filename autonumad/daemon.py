@@ -1,6 +1,8 @@
 """The daemon loop: observe, decide, act, pass after pass; and what it tells the world.
 
-One pass: discover the processes to balance, look at their threads (task
+One pass: read the topology afresh (CPUs taken offline or brought back are
+followed from the next pass on; a node left without online CPUs holds memory only
+and gets no thread), discover the processes to balance, look at their threads (task
 statistics), scan their memory (mm statistics, paced by the scan budget), poll the
 write-fault sampler, build the policy's snapshot, ask the policy for a plan, and
 hand the plan to the actuator (or, with --dry-run, print it). Between passes it
@@ -35,6 +37,7 @@ from autonumad.kernel.live_ops import LiveKernelOps
 from autonumad.kernel import cpu_load, procfs, sched
 from autonumad.log_setup import set_level
 from autonumad.mm_stats import MmStatsTable
+from autonumad.nodelist import format_list
 from autonumad.numa_balancing_sysctl import disable_numa_balancing, read_numa_balancing, restore_numa_balancing
 from autonumad.perf_event_paranoid_sysctl import (lower_perf_event_paranoid, read_perf_event_paranoid,
                                                   restore_perf_event_paranoid)
@@ -48,7 +51,7 @@ from autonumad.scan_pacing import ScanBudget
 from autonumad.state_file import DaemonState, StateFile
 from autonumad.systemd_notify import Notifier
 from autonumad.task_stats import TaskStatsTable, WriteFaultSampler
-from autonumad.topology import Topology, read_topology
+from autonumad.topology import Topology, describe_cpu_changes, read_topology
 
 log = logging.getLogger("autonumad")
 
@@ -264,8 +267,7 @@ class Daemon:
 
     def run_pass(self) -> PassReport:
         started = time.monotonic()
-        self.topology = read_topology(self.files)
-        self.tasks.cpu_nodes = self.topology.cpu_nodes
+        self._follow_topology(read_topology(self.files))
         found = self.discovery.discover()
         self._forget(found.left)
         self.managed_keys = [info.key for info in found.processes]
@@ -278,7 +280,7 @@ class Daemon:
             if mm is None:
                 continue
             observed.append((info, mm, self.tasks.threads(info.key)))
-            self.sampler.poll(p.key for p, _, _ in observed)
+            self.sampler.poll([p.key for p, _, _ in observed], {p.key: p.rss_pages for p, _, _ in observed})
         with self.lock:
             now = time.monotonic()
             self.stuck_groups = {k: until for k, until in self.stuck_groups.items() if until > now}
@@ -311,6 +313,22 @@ class Daemon:
         idle = cpu_load.idle_shares(before, times)
         return {n.id: sum(1.0 - idle[c] for c in n.cpus if c in idle)
                 for n in (self.topology.nodes[i] for i in self.topology.node_ids)}
+
+    def _follow_topology(self, topology: Topology) -> None:
+        """Take this pass's topology: log CPUs that went offline or came back, and drop the
+        affinities the kernel reset because all their CPUs went offline."""
+        for line in describe_cpu_changes(self.topology, topology):
+            log.info(line)
+        with self.lock:
+            self.topology = topology
+            self.tasks.cpu_nodes = topology.cpu_nodes
+            if self.dry_run:
+                return
+            for key, record, now in self.actuator.forget_broken_affinities():
+                log.info("pid %d (%s) tid %d: its CPUs %s went offline and the kernel reset its affinity "
+                         "to CPUs %s; autonumad no longer counts that affinity as its own",
+                         key.pid, record.comm, key.tid, format_list(sorted(record.applied)),
+                         format_list(sorted(now)))
 
     def _forget(self, keys: list[ProcessKey]) -> None:
         if not keys:
@@ -378,6 +396,10 @@ class Daemon:
         except OSError as exc:
             return f"skipped: {exc.strerror or exc}"
         result, moved = self.actuator.migrate_pages(m.pid, m.start_time, addrs, m.from_node, m.to_node)
+        if result == "done" and len(addrs) < self.config.migrate.pages_to_migrate:
+            # the whole group moved: its sampled writes now sit on the new node
+            self.sampler.note_moved(ProcessKey(m.pid, m.start_time), group.start, group.end,
+                                    m.from_node, m.to_node)
         if moved == 0 and not result.startswith("deferred"):
             # shared (EACCES), busy or already gone: leave this group alone for a while
             self.stuck_groups[(m.pid, m.start_time, m.group_id)] = time.monotonic() + STUCK_GROUP_RETRY_S
@@ -430,13 +452,15 @@ class Daemon:
     def handle_status(self, args: dict) -> dict:
         with self.lock:
             nodes = {
-                str(n.id): {"cpus": list(n.cpus), "size_mb": n.size_mb, "free_mb": n.free_mb,
+                str(n.id): {"cpus": list(n.cpus), "offline_cpus": list(n.offline_cpus),
+                            "memory_only": not n.cpus, "size_mb": n.size_mb, "free_mb": n.free_mb,
                             "managed_threads": self.published["managed_threads"].get(n.id, 0)}
                 for n in (self.topology.nodes[i] for i in self.topology.node_ids)}
             return {
                 "version": __version__, "pid": os.getpid(), "uptime_s": round(time.time() - self.started_at, 1),
                 "balancing": self.balancing(), "off_reason": self.off_reason(),
                 "config_path": self.config_path, "dry_run": self.dry_run, "nodes": nodes,
+                "cpus_offline": list(self.topology.cpus_offline),
                 "managed_processes": self.published["managed_processes"],
                 "counters": self.all_counters(), "page_status": page_status_counts(self.actuator.counters),
                 "knobs": self.config.knobs(),

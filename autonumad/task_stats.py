@@ -219,6 +219,18 @@ class _Armed:
     samples: list[tuple[int, int, int]] = field(default_factory=list)
 
 
+RING_SAMPLES = 1024
+"""Samples one thread's ring holds (8 data pages), drained at each poll."""
+
+
+def sample_period(rss_pages: int, threads: int) -> int:
+    """One fault in how many to sample, so that a window in which every thread writes
+    its share of the process's pages once fills about half of each thread's ring:
+    the samples then spread over the whole address space (every region written gets
+    some) instead of covering the first pages written and losing the rest."""
+    return max(1, rss_pages // (RING_SAMPLES // 2 * max(1, threads)))
+
+
 def _perf_event_paranoid(files: KernelFiles) -> int | None:
     try:
         return read_perf_event_paranoid(files)
@@ -252,6 +264,7 @@ class WriteFaultSampler:
         self.regions: dict[ProcessKey, dict[int, RegionTouches]] = {}
         """Per process, the last sampling window's writes per REGION_BYTES region."""
         self._last_armed: dict[ProcessKey, float] = {}
+        self._rss_pages: Mapping[ProcessKey, int] = {}
         self.unavailable: str | None = None
         """Why sampling fails for every process (a kernel setting), or None."""
 
@@ -261,9 +274,11 @@ class WriteFaultSampler:
             return f"unavailable: {self.unavailable}"
         return "on" if self.enabled else "off (config)"
 
-    def poll(self, keys: Iterable[ProcessKey]) -> None:
+    def poll(self, keys: Iterable[ProcessKey], rss_pages: Mapping[ProcessKey, int] | None = None) -> None:
         """Drain the armed samplers (their rings hold ~1024 samples per thread), count the
-        samples of those whose window has passed, then arm at most one more process."""
+        samples of those whose window has passed, then arm at most one more process
+        (sampling one write fault in `sample_period` of its size in `rss_pages`)."""
+        self._rss_pages = rss_pages or {}
         now = self.clock()
         for armed in list(self._armed.values()):
             self._drain(armed)
@@ -281,6 +296,18 @@ class WriteFaultSampler:
                 self._arm(key, now)
                 break
 
+    def note_moved(self, key: ProcessKey, start: int, end: int, from_node: int, to_node: int) -> None:
+        """The daemon moved every page of [start, end) on `from_node` to `to_node`: the
+        writes sampled in those regions now count on the new node, so the next plan
+        sees the region where it is rather than moving it again."""
+        regions = self.regions.get(key)
+        if not regions:
+            return
+        for region in range(start & ~(REGION_BYTES - 1), end, REGION_BYTES):
+            touches = regions.get(region)
+            if touches and from_node in touches.nodes:
+                touches.nodes[to_node] = touches.nodes.get(to_node, 0) + touches.nodes.pop(from_node)
+
     def forget(self, keys: Iterable[ProcessKey]) -> None:
         for key in keys:
             self.regions.pop(key, None)
@@ -296,7 +323,8 @@ class WriteFaultSampler:
         self._last_armed[key] = now
         tids = [t.tid for t in self.tasks.threads(key)]
         try:
-            handle = self.calls.open_fault_sampler(tids)
+            period = sample_period(self._rss_pages.get(key, 0), len(tids))
+            handle = self.calls.open_fault_sampler(tids, period=period)
         except ProcessGone:
             log.debug("pid %d went away before write-fault sampling", key.pid)
             return

@@ -367,7 +367,7 @@ struct lost_record {
     uint64_t id, lost;
 };
 
-static int open_fault_event(int tid)
+static int open_fault_event(int tid, int64_t period)
 {
     struct perf_event_attr attr;
 
@@ -375,7 +375,7 @@ static int open_fault_event(int tid)
     attr.size = sizeof(attr);
     attr.type = PERF_TYPE_SOFTWARE;
     attr.config = PERF_COUNT_SW_PAGE_FAULTS;
-    attr.sample_period = 1;
+    attr.sample_period = (uint64_t)period;
     attr.sample_type = PERF_SAMPLE_TID | PERF_SAMPLE_ADDR | PERF_SAMPLE_CPU;
     attr.exclude_kernel = 1;
     attr.exclude_hv = 1;
@@ -409,20 +409,20 @@ void ane_fault_sampler_close(struct ane_fault_sampler *sampler)
     free(sampler);
 }
 
-int ane_fault_sampler_open(const int *tids, int n_tids, int pages,
+int ane_fault_sampler_open(const int *tids, int n_tids, int pages, int64_t period,
                            int *tid_status, struct ane_fault_sampler **out)
 {
     struct ane_fault_sampler *s;
     int first_error = -ESRCH;
 
     *out = NULL;
-    if (n_tids < 0 || pages < 1 || (pages & (pages - 1)) != 0)
+    if (n_tids < 0 || pages < 1 || (pages & (pages - 1)) != 0 || period < 1)
         return -EINVAL;
     s = calloc(1, sizeof(*s) + sizeof(s->rings[0]) * (size_t)n_tids);
     if (!s)
         return -ENOMEM;
     for (int i = 0; i < n_tids; i++) {
-        int fd = open_fault_event(tids[i]);
+        int fd = open_fault_event(tids[i], period);
         int rc;
 
         if (fd < 0) {

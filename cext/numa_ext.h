@@ -100,11 +100,11 @@ int64_t ane_sweep(char *buf, int64_t offset, int64_t length,
  * each with a ring buffer of `pages` data pages, a power of two). */
 struct ane_fault_sampler;
 
-/* Open events on the threads tids[0..n_tids).  tid_status[i] is 0 when the
- * thread is watched, -ESRCH when it has gone (skipped).  Returns 0 and sets
- * *out, or -errno if no thread could be watched or perf refused (-EACCES,
- * -ENOSYS ...). */
-int ane_fault_sampler_open(const int *tids, int n_tids, int pages,
+/* Open events on the threads tids[0..n_tids), sampling one fault in every
+ * `period` (>= 1).  tid_status[i] is 0 when the thread is watched, -ESRCH
+ * when it has gone (skipped).  Returns 0 and sets *out, or -errno if no
+ * thread could be watched or perf refused (-EACCES, -ENOSYS ...). */
+int ane_fault_sampler_open(const int *tids, int n_tids, int pages, int64_t period,
                            int *tid_status, struct ane_fault_sampler **out);
 
 /* Largest number of samples one ane_fault_sampler_read can return. */

@@ -304,10 +304,11 @@ class FaultSampler:
         close_fault_sampler(self)
 
 
-def open_fault_sampler(tids: Sequence[int], pages: int = 8) -> FaultSampler:
-    """Start sampling every user-space page fault of the threads `tids`.
+def open_fault_sampler(tids: Sequence[int], pages: int = 8, period: int = 1) -> FaultSampler:
+    """Start sampling the user-space page faults of the threads `tids`: every one, or
+    one in every `period` of each thread's faults.
 
-    One perf software event (PAGE_FAULTS, sample period 1, TID|ADDR|CPU) per
+    One perf software event (PAGE_FAULTS, sample period `period`, TID|ADDR|CPU) per
     thread, each with a ring of `pages` data pages (a power of two; 8 pages hold
     1024 samples). Threads that have already exited are skipped; ProcessGone if
     all have. Needs CAP_PERFMON (or root) for other users' threads.
@@ -321,9 +322,11 @@ def open_fault_sampler(tids: Sequence[int], pages: int = 8) -> FaultSampler:
         raise ValueError("no threads to sample")
     if pages < 1 or pages & (pages - 1):
         raise ValueError(f"ring pages must be a power of two, not {pages}")
+    if period < 1:
+        raise ValueError(f"sample period must be at least 1, not {period}")
     status = ffi.new("int[]", len(tids))
     out = ffi.new("struct ane_fault_sampler **")
-    _check(lib.ane_fault_sampler_open(list(tids), len(tids), pages, status, out), "perf_event_open")
+    _check(lib.ane_fault_sampler_open(list(tids), len(tids), pages, period, status, out), "perf_event_open")
     watched = [tid for tid, st in zip(tids, ffi.unpack(status, len(tids))) if st == 0]
     return FaultSampler(ffi.gc(out[0], lib.ane_fault_sampler_close), watched)
 

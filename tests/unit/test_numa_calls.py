@@ -405,6 +405,21 @@ def test_fault_sampler_counts_samples_lost_to_a_full_ring():
     other.close()
 
 
+def test_fault_sampler_with_a_period_takes_one_fault_in_that_many_across_the_buffer():
+    m = mmap.mmap(-1, 4000 * PAGE)
+    base = numa_calls.buffer_address(m)
+    with numa_calls.open_fault_sampler([threading.get_native_id()], pages=8, period=16) as sampler:
+        touch(m, 0, 4000)
+        samples = [s for s in numa_calls.read_fault_samples(sampler) if base <= s[1] < base + 4000 * PAGE]
+    assert sampler.lost == 0
+    assert 4000 // 16 - 5 <= len(samples) <= 4000 // 16 + 1
+    pages = sorted((addr - base) // PAGE for _, addr, _ in samples)
+    assert pages[0] < 40 and pages[-1] > 3960   # spread over the whole buffer, not its start
+    with pytest.raises(ValueError):
+        numa_calls.open_fault_sampler([threading.get_native_id()], period=0)
+    m.close()
+
+
 def test_fault_sampler_skips_threads_that_are_gone(gone_pid):
     own = threading.get_native_id()
     fds = len(os.listdir("/proc/self/fd"))

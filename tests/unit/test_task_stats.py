@@ -11,7 +11,7 @@ import pytest
 from autonumad.kernel.files import AccessDenied, KernelFiles, ProcessGone
 from autonumad.kernel.procfs import ThreadSnapshot
 from autonumad.processes import ProcessKey
-from autonumad.task_stats import MIN_ACCESS_SAMPLES, TaskStatsTable, WriteFaultSampler
+from autonumad.task_stats import MIN_ACCESS_SAMPLES, TaskStatsTable, WriteFaultSampler, sample_period
 
 from conftest import FIXTURES
 
@@ -150,13 +150,14 @@ class FakeCalls:
         self.samples = list(samples)
         self.page_node = page_node
         self.open_error = open_error
-        self.opened, self.closed = [], []
+        self.opened, self.closed, self.periods = [], [], []
 
-    def open_fault_sampler(self, tids, pages=8):
+    def open_fault_sampler(self, tids, pages=8, period=1):
         if self.open_error:
             raise self.open_error
         handle = object()
         self.opened.append((handle, list(tids)))
+        self.periods.append(period)
         return handle
 
     def read_fault_samples(self, handle):
@@ -210,6 +211,31 @@ def test_arms_a_spread_process_and_credits_its_threads():
     threads = {th.tid: th for th in tasks.threads(key)}
     assert threads[1000].accesses == {0: 6.0} and threads[1001].accesses == {1: 10.0}
     assert s.counters.samples == 16 and s.counters.credited == 16 and s.counters.armed == 1
+
+
+def test_the_sample_period_spreads_one_ring_of_samples_over_the_process():
+    assert sample_period(rss_pages=300, threads=2) == 1
+    assert sample_period(rss_pages=131072, threads=2) == 128       # numa02: 512 MB, 2 writers
+    key = ProcessKey(1000, 1)
+    calls = FakeCalls()
+    _, s = sampler(spread_table(key), calls, Clock())
+    s.poll([key], {key: 262144})
+    assert calls.periods == [256]
+
+
+def test_a_region_the_daemon_moved_counts_on_its_new_node():
+    key = ProcessKey(1000, 1)
+    calls = FakeCalls()
+    clock = Clock()
+    _, s = sampler(spread_table(key), calls, clock)
+    s.poll([key])
+    calls.samples = [(1000, 0x200000, 0), (1000, 0x201000, 0), (1001, 0x400000, 2)]
+    calls.page_node = lambda addr: 1
+    clock.now = 1.0
+    s.poll([key])
+    assert s.regions[key][0x200000].nodes == {1: 2}
+    s.note_moved(key, 0x200000, 0x400000, 1, 0)
+    assert s.regions[key][0x200000].nodes == {0: 2} and s.regions[key][0x400000].nodes == {1: 1}
 
 
 def test_process_on_one_node_is_not_armed():
