@@ -1,11 +1,23 @@
 """The actuator: applies a plan under rate limits and records what it changed.
 
-Task moves become `sched_setaffinity` on the thread (the CPUs of its new node);
-page moves become batched `move_pages` calls through the C extension, limited like
+Task moves become `sched_setaffinity` on the thread (the CPUs of its new node
+that are online at that moment, read afresh: never a CPU that went offline since
+the pass read the topology, and no move at all to a node left without online
+CPUs); page moves become batched `move_pages` calls through the C extension, limited like
 AutoNUMA's knuma_migrated to `pages_to_migrate` pages per `migrate_sleep_millisecs`.
 Every affinity the actuator sets is written to the state file first (what it
 found, what it set), so it can be restored when a process leaves autonumad's care,
-on `autonumactl disable`, on daemon stop, and after a crash.
+on `autonumactl disable`, on daemon stop, and after a crash. A thread that was
+free to run on every online CPU is recorded as free to run on every possible CPU:
+sched_getaffinity hides offline CPUs, and restoring what it showed would keep the
+thread off CPUs that come back online.
+
+CPU hotplug: when every CPU of an affinity the actuator set goes offline, the
+kernel resets the thread's affinity (at its next wake-up). `forget_broken_affinities`
+finds those threads and drops their records, so the daemon neither counts the
+kernel's affinity as its own nor takes it for someone else's pin. An affinity set
+here whose CPUs are only partly offline is still ours: it is compared as seen
+through the online CPUs.
 
 PID reuse between decision and action is checked with the process start time
 before and after each action; an action that turns out to have hit a new process
@@ -42,6 +54,8 @@ class KernelOps(Protocol):
 
     def get_affinity(self, tid: int) -> frozenset[int]: ...
     def set_affinity(self, tid: int, cpus: frozenset[int]) -> None: ...
+    def online_cpus(self) -> frozenset[int]: ...
+    def possible_cpus(self) -> frozenset[int]: ...
     def move_pages(self, pid: int, addrs: Sequence[int], node: int) -> list[int]: ...
     def start_time(self, pid: int) -> int | None: ...
 
@@ -94,8 +108,9 @@ class Actuator:
 
     # ---- task moves -------------------------------------------------------------------
     def move_task(self, pid: int, start_time: int, tid: int, to_node: int, comm: str = "") -> str:
-        """Pin thread `tid` of process (pid, start_time) to the CPUs of `to_node`."""
-        cpus = self.node_cpus(to_node)
+        """Pin thread `tid` of process (pid, start_time) to the online CPUs of `to_node`."""
+        online = self._online_cpus()
+        cpus = self.node_cpus(to_node) if online is None else self.node_cpus(to_node) & online
         if not cpus:
             self.counters["task_moves_refused_no_cpus"] += 1
             return "refused: node has no online CPUs"
@@ -103,10 +118,10 @@ class Actuator:
             self.counters["pid_reuse_caught_before"] += 1
             return "skipped: process gone or PID reused"
         key = ThreadKey(pid, start_time, tid)
+        record = self.state.affinities.get(key)
         try:
             current = self.ops.get_affinity(tid)
-            record = self.state.affinities.get(key)
-            original = record.original if record else current
+            original = record.original if record else self._original_affinity(current, online)
             self.state.affinities[key] = AffinityRecord(original, cpus, comm)
             self._save()
             self.ops.set_affinity(tid, cpus)
@@ -115,11 +130,11 @@ class Actuator:
             self.counters["process_gone"] += 1
             return "skipped: thread gone"
         except AccessDenied:
-            self._forget(key)
+            self._put_back(key, record)
             self.counters["access_denied"] += 1
             return "refused: access denied"
         except OSError as exc:
-            self._forget(key)
+            self._put_back(key, record)
             self.counters["affinity_failed"] += 1
             return f"failed: {exc.strerror or exc}"
         if self.ops.start_time(pid) != start_time:
@@ -140,10 +155,36 @@ class Actuator:
         if self.state.affinities.pop(key, None) is not None:
             self._save()
 
+    def _put_back(self, key: ThreadKey, record: AffinityRecord | None) -> None:
+        """After a refused move the thread keeps the affinity it had, so the record it had stands."""
+        if record is None:
+            self._forget(key)
+        else:
+            self.state.affinities[key] = record
+            self._save()
+
+    def _online_cpus(self) -> frozenset[int] | None:
+        """The CPUs online now, or None (no mask) if that cannot be read."""
+        try:
+            return self.ops.online_cpus()
+        except OSError:
+            return None
+
+    def _original_affinity(self, current: frozenset[int], online: frozenset[int] | None) -> frozenset[int]:
+        """What to restore: every possible CPU for a thread free to run on every online CPU."""
+        if online is None or not current >= online:
+            return current
+        try:
+            return self.ops.possible_cpus() | current
+        except OSError:
+            return current
+
     # ---- page moves -------------------------------------------------------------------
     def migrate_pages(self, pid: int, start_time: int, addrs: Sequence[int], from_node: int,
-                      to_node: int) -> tuple[str, int]:
-        """Move up to the rate limit's grant of `addrs` to `to_node`; returns (result, pages moved)."""
+                      to_node: int, moved_out: list[int] | None = None,
+                      tried_out: list[int] | None = None) -> tuple[str, int]:
+        """Move up to the rate limit's grant of `addrs` to `to_node`; returns (result, pages moved),
+        and adds the addresses moved to `moved_out` and those tried (granted) to `tried_out`."""
         if self.ops.start_time(pid) != start_time:
             self.counters["pid_reuse_caught_before"] += 1
             return "skipped: process gone or PID reused", 0
@@ -172,6 +213,10 @@ class Actuator:
                 pass
             self.counters["pid_reuse_undone"] += 1
             return "undone: PID reused during the move", 0
+        if moved_out is not None:
+            moved_out.extend(moved)
+        if tried_out is not None:
+            tried_out.extend(batch)
         partial = "" if granted == len(addrs) else f" ({len(addrs) - granted} left for later)"
         return f"done{partial}", len(moved)
 
@@ -180,15 +225,16 @@ class Actuator:
         """Put back the original affinity of the threads `which` selects; returns how many.
 
         A thread whose affinity someone changed after us keeps that affinity: only our
-        own setting is undone.
+        own setting is undone (seen through the CPUs online now, as sched_getaffinity shows it).
         """
         restored = 0
+        online = self._online_cpus()
         for key in sorted((k for k in self.state.affinities if which(k)), key=ThreadKey.text):
             record = self.state.affinities.pop(key)
             try:
                 if self.ops.start_time(key.pid) != key.start_time:
                     continue
-                if self.ops.get_affinity(key.tid) != record.applied:
+                if self.ops.get_affinity(key.tid) != _seen(record.applied, online):
                     self.counters["restore_skipped_changed_by_others"] += 1
                     continue
                 self.ops.set_affinity(key.tid, record.original)
@@ -202,6 +248,38 @@ class Actuator:
     def restore_process(self, pid: int, start_time: int) -> int:
         return self.restore(lambda k: k.pid == pid and k.start_time == start_time)
 
+    def forget_broken_affinities(self) -> list[tuple[ThreadKey, AffinityRecord, frozenset[int]]]:
+        """Drop the records of affinities we set whose CPUs all went offline and that the
+        kernel has since reset; returns them, each with the affinity the thread has now.
+
+        Only records with no CPU online are looked at (normally none). A thread found
+        with an empty affinity has not run since its CPUs went offline: the kernel resets
+        it when it wakes, and until then it is still ours. The record of a thread that
+        has exited is dropped too (there is nothing left to restore).
+        """
+        online = self._online_cpus()
+        if online is None:
+            return []
+        broken, gone = [], []
+        for key, record in sorted(self.state.affinities.items(), key=lambda kv: kv[0].text()):
+            if record.applied & online:
+                continue
+            try:
+                now = self.ops.get_affinity(key.tid)
+            except ProcessGone:
+                gone.append(key)
+                continue
+            except OSError:
+                continue
+            if now:
+                broken.append((key, record, now))
+        for key in gone + [key for key, _, _ in broken]:
+            del self.state.affinities[key]
+        if broken or gone:
+            self.counters["affinities_reset_by_kernel"] += len(broken)
+            self._save()
+        return broken
+
     def owned_affinity(self, pid: int, start_time: int, tid: int) -> AffinityRecord | None:
         """The record of an affinity this daemon set (so not someone else's pin), if any."""
         return self.state.affinities.get(ThreadKey(pid, start_time, tid))
@@ -209,6 +287,11 @@ class Actuator:
     def _save(self) -> None:
         if self.state_file is not None:
             self.state_file.save(self.state)
+
+
+def _seen(cpus: frozenset[int], online: frozenset[int] | None) -> frozenset[int]:
+    """An affinity as sched_getaffinity shows it: its online CPUs only."""
+    return cpus if online is None else cpus & online
 
 
 def page_status_counts(counters: Mapping[str, int]) -> dict[str, int]:

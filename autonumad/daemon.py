@@ -24,7 +24,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from autonumad import __version__
@@ -57,6 +57,8 @@ log = logging.getLogger("autonumad")
 
 ACTIVE_PASS_FRACTION = 5
 MIN_ACTIVE_PASS_S = 1.0
+MIGRATE_WAIT_S = 1.0
+"""How long a pass may wait in all for migration tokens before deferring the rest."""
 IDLE_TICK_S = 1.0
 STUCK_GROUP_RETRY_S = 120.0
 """A page group none of whose pages would move is not tried again for this long."""
@@ -66,6 +68,19 @@ CPU_CREDIT_WINDOW_S = 30.0
 
 class _Interrupted(Exception):
     """The pass was cut short: stop, reload or disable was asked for."""
+
+
+def _migration_run(actions, k: int) -> list[MigratePages]:
+    """The migrations from actions[k] on that share its process and its two nodes."""
+    first = actions[k]
+    run = []
+    for action in actions[k:]:
+        if not (isinstance(action, MigratePages) and (action.pid, action.start_time, action.from_node,
+                                                      action.to_node) == (first.pid, first.start_time,
+                                                                          first.from_node, first.to_node)):
+            break
+        run.append(action)
+    return run
 
 
 def policy_config(config: Config) -> PolicyConfig:
@@ -108,6 +123,7 @@ class Daemon:
         self.noautonuma = noautonuma_on_cmdline(files)
         self.topology: Topology = read_topology(files)
         self._cpu_times: dict[int, cpu_load.CpuTimes] | None = None
+        self.migrate_wait_s = MIGRATE_WAIT_S
         self.state_file = StateFile(config.daemon.state_file)
         self.state = self._load_state()
         self.actuator = Actuator(LiveKernelOps(files), self._node_cpus, self.state,
@@ -280,7 +296,7 @@ class Daemon:
             if mm is None:
                 continue
             observed.append((info, mm, self.tasks.threads(info.key)))
-            self.sampler.poll([p.key for p, _, _ in observed], {p.key: p.rss_pages for p, _, _ in observed})
+            self.sampler.poll(p.key for p, _, _ in observed)
         with self.lock:
             now = time.monotonic()
             self.stuck_groups = {k: until for k, until in self.stuck_groups.items() if until > now}
@@ -289,7 +305,7 @@ class Daemon:
                 self._owned_affinity, self.config.respect.user_affinity, self.config.respect.user_mempolicy,
                 skip_groups=self.stuck_groups.keys(), regions=self.sampler.regions,
                 node_busy=self._node_busy())
-            plan = plan_pass(snapshot, self.policy_state, self.policy_config)
+            plan = plan_pass(snapshot, self.policy_state, self._pass_policy_config())
             self.policy_state = plan.state
             lines = self.apply(plan)
         self.mm.end_pass()
@@ -299,6 +315,13 @@ class Daemon:
                                     len(found.new), lines)
         self._publish(snapshot)
         return self.last_pass
+
+    def _pass_policy_config(self) -> PolicyConfig:
+        """The policy's knobs for this pass: its migration budget is what the rate limit
+        (pages_to_migrate per migrate_sleep_millisecs) grants until the next pass."""
+        m = self.config.migrate
+        periods = max(1, self.budget.scan_sleep_pass_millisecs // max(1, m.migrate_sleep_millisecs))
+        return replace(self.policy_config, pages_to_migrate=m.pages_to_migrate * periods)
 
     def _node_busy(self) -> dict[int, float] | None:
         """Busy CPUs per node since the previous pass, from /proc/stat; None the first time."""
@@ -354,7 +377,8 @@ class Daemon:
     # ------------------------------------------------------------------ acting
     def apply(self, plan: Plan) -> list[str]:
         lines = []
-        for action in plan.actions:
+        migrations: dict[MigratePages, str] = {}
+        for k, action in enumerate(plan.actions):
             if self.dry_run:
                 result = "planned (dry run)"
             elif isinstance(action, MoveTask):
@@ -362,7 +386,9 @@ class Daemon:
             elif isinstance(action, ExchangeTasks):
                 result = self._exchange(action)
             else:
-                result = self._migrate(action)
+                if action not in migrations:
+                    migrations.update(self._migrate_run(_migration_run(plan.actions, k)))
+                result = migrations[action]
             line = f"{action.describe()} [{result}]"
             lines.append(line)
             self._log_decision(action, result, line)
@@ -383,27 +409,80 @@ class Daemon:
         self.counters["exchanges"] += 1
         return "done"
 
-    def _migrate(self, m: MigratePages) -> str:
-        group = self.groups.get((m.pid, m.start_time), {}).get(m.group_id)
-        if group is None:
-            return "skipped: page group unknown"
-        try:
-            addrs = self.actuator.ops.pages_on_node(m.pid, group.start, group.end, m.from_node,
-                                                    self.config.migrate.pages_to_migrate)
-        except ProcessGone:
-            self.actuator.counters["process_gone"] += 1
-            return "skipped: process gone"
-        except OSError as exc:
-            return f"skipped: {exc.strerror or exc}"
-        result, moved = self.actuator.migrate_pages(m.pid, m.start_time, addrs, m.from_node, m.to_node)
-        if result == "done" and len(addrs) < self.config.migrate.pages_to_migrate:
-            # the whole group moved: its sampled writes now sit on the new node
-            self.sampler.note_moved(ProcessKey(m.pid, m.start_time), group.start, group.end,
-                                    m.from_node, m.to_node)
-        if moved == 0 and not result.startswith("deferred"):
-            # shared (EACCES), busy or already gone: leave this group alone for a while
-            self.stuck_groups[(m.pid, m.start_time, m.group_id)] = time.monotonic() + STUCK_GROUP_RETRY_S
-        return f"{result}, {moved} pages moved"
+    def _migrate_paced(self, m: MigratePages, addrs: list[int], moved: list[int], tried: list[int]) -> str:
+        """Move `addrs` pages_to_migrate at a time, as the rate limit grants them (AutoNUMA's
+        knuma_migrated: pages_to_migrate, then migrate_sleep_millisecs), waiting for it at
+        most self.migrate_wait_s in all; what is left is deferred to a later pass."""
+        limit = self.config.migrate.pages_to_migrate
+        period_s = self.config.migrate.migrate_sleep_millisecs / 1000.0
+        result, pos, waited = "deferred: migration rate limit", 0, 0.0
+        while pos < len(addrs):
+            before = len(tried)
+            step, _ = self.actuator.migrate_pages(m.pid, m.start_time, addrs[pos:pos + limit], m.from_node,
+                                                  m.to_node, moved, tried)
+            if step.startswith("deferred"):
+                wait = min(period_s, self.migrate_wait_s - waited)
+                if wait <= 0 or self.stop_event.wait(wait):
+                    break
+                waited += wait
+                continue
+            if not step.startswith("done"):
+                return step if pos == 0 else result
+            result = "done"
+            pos += len(tried) - before
+        return result
+
+    def _migrate_run(self, run: list[MigratePages]) -> dict[MigratePages, str]:
+        """Migrate page groups of one process between the same two nodes in one actuator
+        call (one PID-reuse check pair, one batch of move_pages for all of them);
+        returns each group's result."""
+        first = run[0]
+        results: dict[MigratePages, str] = {}
+        wanted: dict[MigratePages, list[int]] = {}
+        for m in run:
+            group = self.groups.get((m.pid, m.start_time), {}).get(m.group_id)
+            if group is None:
+                results[m] = "skipped: page group unknown"
+                continue
+            try:
+                wanted[m] = self.actuator.ops.pages_on_node(m.pid, group.start, group.end, m.from_node,
+                                                            self.config.migrate.pages_to_migrate)
+            except ProcessGone:
+                self.actuator.counters["process_gone"] += 1
+                return {**results, **{x: "skipped: process gone" for x in run if x not in results}}
+            except OSError as exc:
+                results[m] = f"skipped: {exc.strerror or exc}"
+        if not wanted:
+            return results
+        addrs = [a for m in wanted for a in wanted[m]]
+        moved: list[int] = []
+        tried: list[int] = []
+        cpu_before = time.process_time()
+        result = self._migrate_paced(first, addrs, moved, tried)
+        # page moves are paced by the migration rate limit, not by the scan's CPU ceiling
+        # (AutoNUMA's knuma_migrated beside knuma_scand): their CPU is not the scanner's
+        self.budget.exclude_cpu(time.process_time() - cpu_before)
+        moved_set, tried_set = set(moved), set(tried)
+        for m, group_addrs in wanted.items():
+            group = self.groups[(m.pid, m.start_time)][m.group_id]
+            n = sum(1 for a in group_addrs if a in moved_set)
+            was_tried = any(a in tried_set for a in group_addrs)
+            if not result.startswith("done"):
+                group_result = result
+            elif not was_tried:
+                group_result = "deferred: migration rate limit"
+            else:
+                group_result = "done"
+            if group_result == "done" and n == len(group_addrs) \
+                    and len(group_addrs) < self.config.migrate.pages_to_migrate:
+                # the whole group moved: its sampled writes now sit on the new node
+                self.sampler.note_moved(ProcessKey(m.pid, m.start_time), group.start, group.end,
+                                        m.from_node, m.to_node)
+            if n == 0 and not group_result.startswith("deferred"):
+                # shared (EACCES), busy or already gone: leave this group alone for a while
+                self.stuck_groups[(m.pid, m.start_time, m.group_id)] = time.monotonic() + STUCK_GROUP_RETRY_S
+            results[m] = f"{group_result}, {n} pages moved"
+        return results
 
     def _log_decision(self, action, result: str, line: str) -> None:
         if isinstance(action, ExchangeTasks):

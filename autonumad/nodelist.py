@@ -46,3 +46,9 @@ def format_list(ids: Iterable[int]) -> str:
     if run:
         out.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
     return ",".join(out)
+
+
+def format_cpus(cpus: Iterable[int]) -> str:
+    """"CPU 3" or "CPUs 1-3", for messages."""
+    ids = sorted(set(cpus))
+    return f"CPU{'s' if len(ids) > 1 else ''} {format_list(ids)}"

@@ -72,13 +72,18 @@ pages, so that is tried first). Pinned processes' memory follows their threads.
   than the node holding it; groups no thread was seen touching stay put.
 A group is queued only when this pass wants the same node as the previous pass
 (AutoNUMA's last_nid filter; any other wish in between starts over), largest gains
-(pages x per-mille gain) first, within `pages_to_migrate` pages per pass (a single
+(pages x per-mille gain) first, within `pages_to_migrate` pages per pass (the
+daemon sets it to what its migration rate limit grants until the next pass; a single
 group larger than the whole budget goes alone). A node never receives pages that
 would bring its free memory below its reserve (the larger of node_reserve_mb and
 node_reserve_percent of its size); the group then spills to the node nearest the
 wanted one that has room, but only if that is nearer the wanted node than where
 the group sits now, else it stays. A queued group is not migrated again within
-settle_seconds, so never straight back.
+settle_seconds, so never straight back. When memory is queued to follow threads
+that run on one node but are free to leave it (not `held`: no pin keeps them
+there, as when the kernel reset the pins of threads whose CPUs went offline),
+those threads are held there first (a `MoveTask` to the node they run on), so
+that the kernel's scheduler does not take them elsewhere while their memory comes.
 
 Together these converge: every piece of thread moves raises the solver's total by
 at least min_gain, and memory only moves towards the threads that use it, so
@@ -141,6 +146,9 @@ class TaskView:
     """Its affinity or cpuset was narrowed by someone else: never moved."""
     allowed_nodes: frozenset[int] | None = None
     """Nodes its cpuset allows; None for any."""
+    held: bool = True
+    """Its affinity keeps it on the node it runs on (a pin of the daemon's or of its user's);
+    False when the kernel may move it to another node (as after its CPUs went offline)."""
 
 
 @dataclass(frozen=True)
@@ -197,7 +205,7 @@ class PolicyConfig:
     """Smallest gain (0..1000 scale) for which a swap, rotation, chain or page group moves."""
     max_moves_per_pass: int = 16
     pages_to_migrate: int = 32768
-    """Pages queued for migration per pass."""
+    """Pages queued for migration per pass (the daemon: the rate limit's grant until the next pass)."""
     page_size: int = 4096
     runnable_threshold: float = 0.2
     """Threads using less of a CPU than this neither take a slot nor move."""
@@ -602,7 +610,7 @@ def _move_reason(mover: _Mover, a: int, b: int, span: frozenset[int] | None, cpu
 
 @dataclass(frozen=True)
 class _Migrations:
-    actions: tuple[MigratePages, ...] = ()
+    actions: tuple[Action, ...] = ()
     targets: Mapping[GroupKey, int] = field(default_factory=dict)
     """Where each group wanted to go this pass (the next pass's last_nid)."""
     queued: Mapping[GroupKey, float] = field(default_factory=dict)
@@ -661,7 +669,28 @@ def _plan_migrations(snapshot: Snapshot, state: PolicyState, config: PolicyConfi
         queued[wish.key] = snapshot.time
         actions.append(MigratePages(wish.process.pid, wish.process.start_time, wish.process.comm, group.id,
                                     group.node, to, group.pages, f"{wish.why}; two passes agree{spill}"))
-    return _Migrations(tuple(actions), targets, queued)
+    holds = _holds(snapshot.processes, {(a.pid, a.start_time) for a in actions}, nodes, config)
+    return _Migrations(tuple(holds) + tuple(actions), targets, queued)
+
+
+def _holds(processes: tuple[ProcessView, ...], migrating: set[ProcessKey], nodes: Mapping[int, NodeView],
+           config: PolicyConfig) -> list[MoveTask]:
+    """Moves to the node they run on for the runnable threads, not held there, of processes
+    whose memory is queued to come to that node (the one node all their runnable threads run on)."""
+    holds = []
+    for process in sorted(processes, key=_process_key):
+        if _process_key(process) not in migrating or process.user_pinned:
+            continue
+        runnable = [t for t in process.tasks if t.runnable_weight >= config.runnable_threshold
+                    and t.cpu_node in nodes]
+        if len({t.cpu_node for t in runnable}) != 1:
+            continue
+        for t in sorted(runnable, key=lambda t: t.tid):
+            if not t.held and not t.user_pinned:
+                holds.append(MoveTask(process.pid, process.start_time, t.tid, process.comm, t.cpu_node,
+                                      t.cpu_node, f"holds it on node {t.cpu_node}, where its memory is being "
+                                      f"moved, before the kernel's scheduler takes it elsewhere"))
+    return holds
 
 
 def _group_wish(group: PageGroup, runs_on: set[int], thread_node: Mapping[int, int],

@@ -1,7 +1,7 @@
 """From the statistics to the policy's input: the arrow between `statistics` and `policy`.
 
 `SnapshotBuilder.build` turns what the mm and task statistics hold into the
-policy's `Snapshot` (nodes, processes, threads, page groups). It decides four
+policy's `Snapshot` (nodes, processes, threads, page groups). It decides five
 things the statistics do not say by themselves:
 
 - how many CPUs of each node are busy with threads it does not manage
@@ -12,8 +12,12 @@ things the statistics do not say by themselves:
   over its lifetime, so a busy process is placed at its first pass;
 - whether someone else pinned it (`user_pinned`): its affinity is narrower than
   the online CPUs and it is not an affinity this daemon set (the state file says
-  which ones are ours); with `[respect] user_affinity = false` nothing counts as
-  pinned;
+  which ones are ours, seen through the online CPUs as sched_getaffinity shows
+  them, so ours stays ours when some of its CPUs go offline); with
+  `[respect] user_affinity = false` nothing counts as pinned;
+- whether its affinity holds it on the node it runs on (`held`: no CPU of
+  another node in it), so the policy knows which threads the kernel may take
+  elsewhere;
 - the page groups memory-follows-CPU may move: each private anonymous mapping
   (heap, stack, anonymous, hugetlb) cut by the node its pages sit on, named
   (mapping start, node) so a group keeps its id from pass to pass; shared files
@@ -92,11 +96,13 @@ class SnapshotBuilder:
                     weight = min(1.0, (t.last_run_ns - previous[0]) / 1e9 / (now - previous[1]))
                 affinity = affinity_of(t.tid)
                 narrowed = affinity is not None and not affinity >= online
-                pinned = respect_affinity and narrowed and owned_affinity(key, t.tid) != affinity
+                owned = owned_affinity(key, t.tid)
+                pinned = respect_affinity and narrowed and (owned is None or owned & online != affinity)
+                held = affinity is None or affinity <= frozenset(topology.nodes[t.current_node].cpus)
                 tasks.append(TaskView(
                     tid=t.tid, cpu_node=t.current_node, runnable_weight=max(0.0, weight),
                     access_pages={n: int(c) for n, c in sorted(t.accesses.items()) if c >= 1},
-                    user_pinned=pinned))
+                    user_pinned=pinned, held=held))
             skip = {gid for pid, start, gid in skip_groups if (pid, start) == (key.pid, key.start_time)}
             touched = (regions or {}).get(key)
             if touched:

@@ -10,7 +10,9 @@ looks at the process CPU time (`cpu_clock`, time.process_time by default) spent
 since the previous pause ended, and stretches the pause so that CPU time over
 (work + pause) stays under `cpu_ceiling_percent` of one CPU. Everything the daemon
 did in that window counts (scanning, reading /proc, policy), which is what the
-ceiling is about. With `credit_window_s` the ceiling holds over that many seconds
+ceiling is about, except page moves (`exclude_cpu`): the kernel copies pages in the
+mover's context, and their pace is the migration rate limit's to set (as AutoNUMA
+paces knuma_migrated apart from knuma_scand). With `credit_window_s` the ceiling holds over that many seconds
 rather than window by window: time spent idle under the ceiling is credit (at most
 the ceiling's share of `credit_window_s`) that a later burst of work may spend, so
 a daemon that has been quiet reacts to a new misplacement at once, then slows down.
@@ -40,6 +42,7 @@ class PacingCounters:
     slept_s: float = 0.0
     throttled_s: float = 0.0     # the part of slept_s added by the CPU ceiling
     cpu_s: float = 0.0           # daemon CPU time measured between pauses
+    excluded_cpu_s: float = 0.0  # CPU time of page moves, paced by the migration rate limit instead
 
 
 class ScanBudget:
@@ -87,6 +90,12 @@ class ScanBudget:
         """Book indivisible work worth `pages` samples; the batch may go into debt."""
         self._left -= pages
         self.counters.pages_scanned += pages
+
+    def exclude_cpu(self, seconds: float) -> None:
+        """CPU time spent on work that has its own pacing (page moves, under the migration
+        rate limit): left out of the ceiling's count."""
+        self._window_cpu += max(0.0, seconds)
+        self.counters.excluded_cpu_s += max(0.0, seconds)
 
     def end_pass(self) -> None:
         """A full pass is done: pause scan_sleep_pass_millisecs (or longer, for the

@@ -209,6 +209,7 @@ class FaultSamplerCounters:
     samples: int = 0
     credited: int = 0
     failures: int = 0
+    lost: int = 0
 
 
 @dataclass
@@ -217,18 +218,27 @@ class _Armed:
     handle: Any
     armed_at: float
     samples: list[tuple[int, int, int]] = field(default_factory=list)
+    period: int = 1
+    threads: int = 1
 
 
 RING_SAMPLES = 1024
 """Samples one thread's ring holds (8 data pages), drained at each poll."""
 
 
-def sample_period(rss_pages: int, threads: int) -> int:
-    """One fault in how many to sample, so that a window in which every thread writes
-    its share of the process's pages once fills about half of each thread's ring:
-    the samples then spread over the whole address space (every region written gets
-    some) instead of covering the first pages written and losing the rest."""
-    return max(1, rss_pages // (RING_SAMPLES // 2 * max(1, threads)))
+def next_sample_period(period: int, samples: int, lost: int, threads: int) -> int:
+    """The sample period for a process's next window. Every write fault is sampled
+    (period 1) until a window loses samples to full rings (drained only between scan
+    batches): then one fault in so many that the last window's faults would have
+    filled about half of each thread's ring, so that the samples spread over every
+    region written instead of covering the first pages written and losing the rest.
+    (Measured in the TCG VM: numa02's writers fault ~600 times a second each on
+    random pages of their slices, so period 1 sees every 2 MiB region in a 1 s
+    window, and any larger period would only lose regions.)"""
+    faults = (samples + lost) * period
+    if lost == 0:
+        return max(1, min(period, faults // (RING_SAMPLES // 2 * max(1, threads)) or 1))
+    return max(1, -(-faults // (RING_SAMPLES // 2 * max(1, threads))))
 
 
 def _perf_event_paranoid(files: KernelFiles) -> int | None:
@@ -264,7 +274,7 @@ class WriteFaultSampler:
         self.regions: dict[ProcessKey, dict[int, RegionTouches]] = {}
         """Per process, the last sampling window's writes per REGION_BYTES region."""
         self._last_armed: dict[ProcessKey, float] = {}
-        self._rss_pages: Mapping[ProcessKey, int] = {}
+        self._period: dict[ProcessKey, int] = {}
         self.unavailable: str | None = None
         """Why sampling fails for every process (a kernel setting), or None."""
 
@@ -274,11 +284,9 @@ class WriteFaultSampler:
             return f"unavailable: {self.unavailable}"
         return "on" if self.enabled else "off (config)"
 
-    def poll(self, keys: Iterable[ProcessKey], rss_pages: Mapping[ProcessKey, int] | None = None) -> None:
+    def poll(self, keys: Iterable[ProcessKey]) -> None:
         """Drain the armed samplers (their rings hold ~1024 samples per thread), count the
-        samples of those whose window has passed, then arm at most one more process
-        (sampling one write fault in `sample_period` of its size in `rss_pages`)."""
-        self._rss_pages = rss_pages or {}
+        samples of those whose window has passed, then arm at most one more process."""
         now = self.clock()
         for armed in list(self._armed.values()):
             self._drain(armed)
@@ -315,6 +323,7 @@ class WriteFaultSampler:
             if armed is not None:
                 self.calls.close_fault_sampler(armed.handle)
             self._last_armed.pop(key, None)
+            self._period.pop(key, None)
 
     def close(self) -> None:
         self.forget(list(self._armed))
@@ -323,7 +332,7 @@ class WriteFaultSampler:
         self._last_armed[key] = now
         tids = [t.tid for t in self.tasks.threads(key)]
         try:
-            period = sample_period(self._rss_pages.get(key, 0), len(tids))
+            period = self._period.get(key, 1)
             handle = self.calls.open_fault_sampler(tids, period=period)
         except ProcessGone:
             log.debug("pid %d went away before write-fault sampling", key.pid)
@@ -356,7 +365,7 @@ class WriteFaultSampler:
             log.debug("pid %d: cannot clear soft-dirty bits (%s)", key.pid, exc)
             self.calls.close_fault_sampler(handle)
             return
-        self._armed[key] = _Armed(key, handle, now)
+        self._armed[key] = _Armed(key, handle, now, period=period, threads=len(tids))
         self.counters.armed += 1
         log.debug("pid %d: write-fault sampling armed on %d threads", key.pid, len(tids))
 
@@ -367,6 +376,9 @@ class WriteFaultSampler:
         del self._armed[armed.key]
         self.calls.close_fault_sampler(armed.handle)
         samples = armed.samples
+        lost = getattr(armed.handle, "lost", 0)
+        self.counters.lost += lost
+        self._period[armed.key] = next_sample_period(armed.period, len(samples), lost, armed.threads)
         if not samples:
             return
         pages = sorted({addr & ~(PAGE_SIZE - 1) for _, addr, _ in samples})

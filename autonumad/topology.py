@@ -11,12 +11,18 @@ What is read, under sys/devices/system/:
   node/nodeN/distance          distances from node N, one per online node, in `online` order
   node/nodeN/meminfo           "Node N MemTotal:" and "Node N MemFree:"
   cpu/online                   CPUs online
+  cpu/present                  optional; defaults to `online`: present CPUs that are not
+                               online were taken offline (`echo 0 > cpu/cpuN/online`)
+  cpu/cpuN/nodeM               for such an offline CPU N only: the node M it belongs to
 A kernel without NUMA (no node/ directory) is one node 0 holding every online CPU,
 with proc/meminfo's MemTotal and MemFree and distance 10 to itself.
 
 Offline CPUs are left out of a node's CPUs. That is what `numactl -H` shows: on
 x86 the kernel itself drops an offline CPU from nodeN/cpulist, and we also mask
-with cpu/online so architectures that keep it listed give the same answer.
+with cpu/online so architectures that keep it listed give the same answer. They
+are kept apart as the node's `offline_cpus` (the cpu/cpuN/nodeM link stays while
+the CPU is offline): a node whose CPUs all went offline holds memory only until
+they come back, and status says so.
 """
 
 from __future__ import annotations
@@ -24,11 +30,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from autonumad.constants import SYSFS_NODE_DIR
+from autonumad.constants import SYSFS_CPU_DIR, SYSFS_NODE_DIR
 from autonumad.kernel.files import KernelFiles
-from autonumad.nodelist import format_list, parse_list
+from autonumad.nodelist import format_cpus, format_list, parse_list
 
-SYSFS_CPU_ONLINE = "sys/devices/system/cpu/online"
+SYSFS_CPU_ONLINE = f"{SYSFS_CPU_DIR}/online"
+SYSFS_CPU_PRESENT = f"{SYSFS_CPU_DIR}/present"
 PROC_MEMINFO = "proc/meminfo"
 LOCAL_DISTANCE = 10
 
@@ -44,6 +51,7 @@ class Node:
     mem_total_kb: int
     mem_free_kb: int
     distances: dict[int, int]  # to node id -> distance from this node (this node's row)
+    offline_cpus: tuple[int, ...] = ()  # present CPUs of this node that are offline now
 
     @property
     def size_mb(self) -> int:
@@ -64,6 +72,8 @@ class Topology:
     has_cpu: tuple[int, ...]
     has_memory: tuple[int, ...]
     cpus_online: tuple[int, ...]
+    cpus_offline: tuple[int, ...] = ()
+    """Present CPUs that are not online (taken offline), whichever node they belong to."""
 
     @property
     def node_ids(self) -> tuple[int, ...]:
@@ -112,9 +122,11 @@ class Topology:
             "has_cpu": list(self.has_cpu),
             "has_memory": list(self.has_memory),
             "cpus_online": list(self.cpus_online),
+            "cpus_offline": list(self.cpus_offline),
             "nodes": {
                 str(node.id): {
                     "cpus": list(node.cpus),
+                    "offline_cpus": list(node.offline_cpus),
                     "size_mb": node.size_mb,
                     "free_mb": node.free_mb,
                     "mem_total_kb": node.mem_total_kb,
@@ -126,17 +138,42 @@ class Topology:
         }
 
 
+def describe_cpu_changes(before: Topology, after: Topology) -> list[str]:
+    """One line per node whose online CPUs changed between two readings, for the log."""
+    lines = []
+    for nid in after.node_ids:
+        old, new = before.nodes.get(nid), after.nodes[nid]
+        if old is None or old.cpus == new.cpus:
+            continue
+        gone = [c for c in old.cpus if c not in new.cpus]
+        back = [c for c in new.cpus if c not in old.cpus]
+        what = []
+        if gone:
+            what.append(f"{format_cpus(gone)} went offline")
+        if back:
+            what.append(f"{format_cpus(back)} came back online")
+        if new.cpus:
+            now = f"it has {format_cpus(new.cpus)} online"
+        else:
+            now = "it holds memory only: no thread is placed there until a CPU of it comes back"
+        lines.append(f"node {nid}: {' and '.join(what)}; {now}")
+    return lines
+
+
 def read_topology(files: KernelFiles) -> Topology:
     """Read the NUMA topology under `files.root`; TopologyError names any missing or bad file."""
     cpus_online = tuple(_read_list(files, SYSFS_CPU_ONLINE))
+    online_cpu_set = set(cpus_online)
+    cpus_offline = tuple(c for c in _read_optional_list(files, SYSFS_CPU_PRESENT, cpus_online)
+                         if c not in online_cpu_set)
     if not files.exists(SYSFS_NODE_DIR):
-        return _single_node(files, cpus_online)
+        return _single_node(files, cpus_online, cpus_offline)
 
     online = tuple(_read_list(files, f"{SYSFS_NODE_DIR}/online"))
     if not online:
         raise TopologyError(f"{files.path(SYSFS_NODE_DIR + '/online')}: no node is online")
     possible = tuple(_read_optional_list(files, f"{SYSFS_NODE_DIR}/possible", online))
-    online_cpu_set = set(cpus_online)
+    offline_by_node = _offline_cpus_by_node(files, cpus_offline)
     nodes: dict[int, Node] = {}
     for nid in online:
         node_dir = f"{SYSFS_NODE_DIR}/node{nid}"
@@ -148,6 +185,7 @@ def read_topology(files: KernelFiles) -> Topology:
             mem_total_kb=meminfo["MemTotal"],
             mem_free_kb=meminfo["MemFree"],
             distances=_read_distances(files, f"{node_dir}/distance", online),
+            offline_cpus=tuple(offline_by_node.get(nid, ())),
         )
     has_cpu = _read_optional_list(files, f"{SYSFS_NODE_DIR}/has_cpu", [n for n in online if nodes[n].cpus])
     has_memory = _read_optional_list(
@@ -160,10 +198,25 @@ def read_topology(files: KernelFiles) -> Topology:
         has_cpu=tuple(has_cpu),
         has_memory=tuple(has_memory),
         cpus_online=cpus_online,
+        cpus_offline=cpus_offline,
     )
 
 
-def _single_node(files: KernelFiles, cpus_online: tuple[int, ...]) -> Topology:
+def _offline_cpus_by_node(files: KernelFiles, cpus_offline: tuple[int, ...]) -> dict[int, list[int]]:
+    """Node -> its offline CPUs, from each offline CPU's cpu/cpuN/nodeM link (none: no node known)."""
+    by_node: dict[int, list[int]] = {}
+    for cpu in cpus_offline:
+        try:
+            entries = files.listdir(f"{SYSFS_CPU_DIR}/cpu{cpu}")
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.startswith("node") and entry[4:].isdigit():
+                by_node.setdefault(int(entry[4:]), []).append(cpu)
+    return by_node
+
+
+def _single_node(files: KernelFiles, cpus_online: tuple[int, ...], cpus_offline: tuple[int, ...]) -> Topology:
     """A kernel built without NUMA: one node 0 holding everything."""
     meminfo = _read_meminfo(files, PROC_MEMINFO, prefix="")
     node = Node(
@@ -172,9 +225,11 @@ def _single_node(files: KernelFiles, cpus_online: tuple[int, ...]) -> Topology:
         mem_total_kb=meminfo["MemTotal"],
         mem_free_kb=meminfo["MemFree"],
         distances={0: LOCAL_DISTANCE},
+        offline_cpus=cpus_offline,
     )
     return Topology(
-        nodes={0: node}, online=(0,), possible=(0,), has_cpu=(0,), has_memory=(0,), cpus_online=cpus_online
+        nodes={0: node}, online=(0,), possible=(0,), has_cpu=(0,), has_memory=(0,), cpus_online=cpus_online,
+        cpus_offline=cpus_offline,
     )
 
 

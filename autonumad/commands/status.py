@@ -1,7 +1,8 @@
 """autonumactl status: what the running daemon is doing, for a person (or as JSON).
 
 Balancing on or off and why, uptime, kernel.numa_balancing, write-fault sampling, the last pass, nodes
-(CPUs, memory, threads managed there), managed processes (locality, MB per node),
+(CPUs, memory, threads managed there; which nodes hold memory only and which
+CPUs are offline), managed processes (locality, MB per node),
 counters, and the runtime knobs with the migration rate they allow (the daemon's
 migration_rate_mb_s: pages_to_migrate per migrate_sleep_millisecs, in MB/s). When the daemon
 is not running it says so on stderr and exits 3, like `systemctl status` of a
@@ -16,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from autonumad.commands.control_request import EXIT_NOT_RUNNING, add_json_argument, answer
-from autonumad.nodelist import format_list
+from autonumad.nodelist import format_cpus, format_list
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_json_argument(parser, "the daemon's status object")
@@ -89,11 +90,30 @@ def _last_pass_line(last: Mapping[str, Any] | None, now: float) -> str:
             f"{last.get('actions', 0)} actions over {last.get('processes', 0)} processes")
 
 
-def _node_lines(nodes: Mapping[str, Mapping[str, Any]]) -> list[str]:
+def _node_lines(nodes: Mapping[str, Mapping[str, Any]], cpus_offline: Sequence[int]) -> list[str]:
     rows = [[nid, format_list(n.get("cpus", [])) or "-", n.get("size_mb", "-"), n.get("free_mb", "-"),
              n.get("managed_threads", 0)]
             for nid, n in sorted(nodes.items(), key=lambda item: int(item[0]))]
-    return ["nodes:", *table(["NODE", "CPUS", "SIZE MB", "FREE MB", "MANAGED THREADS"], rows, "rlrrr")]
+    return ["nodes:", *table(["NODE", "CPUS", "SIZE MB", "FREE MB", "MANAGED THREADS"], rows, "rlrrr"),
+            *_offline_lines(nodes, cpus_offline)]
+
+
+def _offline_lines(nodes: Mapping[str, Mapping[str, Any]], cpus_offline: Sequence[int]) -> list[str]:
+    """"node 1: memory-only (CPU 1 offline)" and the like, for nodes without all their CPUs."""
+    lines = []
+    placed: set[int] = set()
+    for nid, n in sorted(nodes.items(), key=lambda item: int(item[0])):
+        offline = list(n.get("offline_cpus", []))
+        placed.update(offline)
+        if offline:
+            what = f"{format_cpus(offline)} offline"
+            lines.append(f"  node {nid}: memory-only ({what})" if not n.get("cpus") else f"  node {nid}: {what}")
+        elif not n.get("cpus"):
+            lines.append(f"  node {nid}: memory-only")
+    unplaced = [c for c in cpus_offline if c not in placed]
+    if unplaced:
+        lines.append(f"  {format_cpus(unplaced)} offline (node not known)")
+    return lines
 
 
 def _process_lines(processes: Sequence[Mapping[str, Any]], node_ids: Sequence[str]) -> list[str]:
@@ -143,7 +163,7 @@ def format_status(status: Mapping[str, Any], now: float | None = None) -> str:
          *filter(None, [_fault_sampling_line(status.get("fault_sampling"),
                                              status.get("kernel_perf_event_paranoid"))]),
          _last_pass_line(status.get("last_pass"), now)],
-        _node_lines(nodes),
+        _node_lines(nodes, status.get("cpus_offline", [])),
         _process_lines(status.get("managed_processes", []), list(nodes)),
         _counter_lines(status.get("counters", {}), status.get("page_status", {})),
         _knob_lines(status.get("knobs", {}), status.get("migration_rate_mb_s")),

@@ -1,12 +1,17 @@
-"""The actuator's door to the live kernel: affinity, page moves, process identity."""
+"""The actuator's door to the live kernel: affinity, CPUs online, page moves, process identity."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Sequence
 
+from autonumad.constants import SYSFS_CPU_DIR
 from autonumad.kernel import numa_calls, procfs, sched
 from autonumad.kernel.files import KernelFiles, ProcessGone
+from autonumad.nodelist import parse_list
+
+SYSFS_CPU_ONLINE = f"{SYSFS_CPU_DIR}/online"
+SYSFS_CPU_POSSIBLE = f"{SYSFS_CPU_DIR}/possible"
 
 
 class LiveKernelOps:
@@ -19,6 +24,14 @@ class LiveKernelOps:
 
     def set_affinity(self, tid: int, cpus: frozenset[int]) -> None:
         sched.set_affinity(tid, cpus)
+
+    def online_cpus(self) -> frozenset[int]:
+        """The CPUs online at this moment (read afresh: CPUs go offline and come back)."""
+        return frozenset(parse_list(self.files.read_text(SYSFS_CPU_ONLINE)))
+
+    def possible_cpus(self) -> frozenset[int]:
+        """Every CPU the kernel could ever bring online: the affinity of a thread nobody restricted."""
+        return frozenset(parse_list(self.files.read_text(SYSFS_CPU_POSSIBLE)))
 
     def move_pages(self, pid: int, addrs: Sequence[int], node: int) -> list[int]:
         return numa_calls.move_pages(pid, addrs, node)

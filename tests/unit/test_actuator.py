@@ -8,25 +8,54 @@ NODE_CPUS = {0: frozenset({0, 1}), 1: frozenset({2, 3}), 2: frozenset()}
 
 
 class FakeKernel:
+    """The kernel as the actuator sees it, CPU hotplug included: `affinity` is each thread's
+    mask as the kernel keeps it, sched_getaffinity shows its online CPUs only, and
+    sched_setaffinity refuses a mask without an online CPU."""
+
     def __init__(self):
-        self.affinity = {101: frozenset({0, 1, 2, 3}), 102: frozenset({0, 1, 2, 3})}
+        self.possible = frozenset({0, 1, 2, 3})
+        self.online = set(self.possible)
+        self.affinity = {101: self.possible, 102: self.possible}
         self.start = {100: 5000}
         self.start_after_call = None
+        self.refuse_next_set = None
         self.page_nodes = {}
         self.calls = []
 
     def get_affinity(self, tid):
         if tid not in self.affinity:
             raise ProcessGone(errno.ESRCH, "gone")
-        return self.affinity[tid]
+        return self.affinity[tid] & self.online
 
     def set_affinity(self, tid, cpus):
         self.calls.append(("set_affinity", tid, frozenset(cpus)))
         if tid not in self.affinity:
             raise ProcessGone(errno.ESRCH, "gone")
+        if self.refuse_next_set is not None:
+            exc, self.refuse_next_set = self.refuse_next_set, None
+            raise exc
+        if not set(cpus) & self.online:
+            raise OSError(errno.EINVAL, "Invalid argument")
         self.affinity[tid] = frozenset(cpus)
         if self.start_after_call is not None:
             self.start[100] = self.start_after_call
+
+    def online_cpus(self):
+        return frozenset(self.online)
+
+    def possible_cpus(self):
+        return self.possible
+
+    def take_offline(self, *cpus, asleep=()):
+        """CPUs go offline; a thread left without an online CPU is reset to every CPU
+        when it next runs (the threads `asleep` have not run yet)."""
+        self.online -= set(cpus)
+        for tid, mask in self.affinity.items():
+            if not mask & self.online and tid not in asleep:
+                self.affinity[tid] = self.possible
+
+    def bring_online(self, *cpus):
+        self.online |= set(cpus)
 
     def move_pages(self, pid, addrs, node):
         self.calls.append(("move_pages", pid, list(addrs), node))
@@ -149,3 +178,92 @@ def test_pid_reused_during_migration_moves_pages_back(tmp_path):
     result, moved = act.migrate_pages(100, 5000, [0x1000], 0, 1)
     assert result.startswith("undone") and moved == 0
     assert k.page_nodes[0x1000] == 0
+
+
+# ---- CPU hotplug ----------------------------------------------------------------------
+
+def test_a_move_pins_only_the_cpus_of_the_node_online_at_that_moment(tmp_path):
+    k = FakeKernel()
+    act = make(tmp_path, k)  # the pass's topology still says node 1 has CPUs 2-3
+    k.take_offline(3)
+    assert act.move_task(100, 5000, 101, 1) == "done"
+    assert k.affinity[101] == {2}
+    assert act.state.affinities[ThreadKey(100, 5000, 101)].applied == {2}
+
+
+def test_a_move_to_a_node_whose_cpus_all_went_offline_since_the_pass_began_is_refused(tmp_path):
+    k = FakeKernel()
+    act = make(tmp_path, k)
+    k.take_offline(2, 3)
+    assert act.move_task(100, 5000, 101, 1) == "refused: node has no online CPUs"
+    assert k.calls == [] and act.state.affinities == {}
+    assert act.counters["task_moves_refused_no_cpus"] == 1
+
+
+def test_a_thread_free_on_every_online_cpu_gets_every_cpu_back_once_offline_ones_return(tmp_path):
+    k = FakeKernel()
+    act = make(tmp_path, k)
+    k.take_offline(3)
+    act.move_task(100, 5000, 101, 0)
+    assert act.state.affinities[ThreadKey(100, 5000, 101)].original == {0, 1, 2, 3}
+    k.bring_online(3)
+    assert act.restore() == 1
+    assert k.get_affinity(101) == {0, 1, 2, 3}
+
+
+def test_a_narrowed_thread_keeps_its_own_original(tmp_path):
+    k = FakeKernel()
+    k.affinity[101] = frozenset({1, 2})  # its user's (placed anyway under respect.user_affinity = false)
+    act = make(tmp_path, k)
+    act.move_task(100, 5000, 101, 1)
+    assert act.state.affinities[ThreadKey(100, 5000, 101)].original == {1, 2}
+
+
+def test_a_refused_move_keeps_the_record_of_the_affinity_set_before(tmp_path):
+    k = FakeKernel()
+    act = make(tmp_path, k)
+    act.move_task(100, 5000, 101, 1)
+    k.refuse_next_set = OSError(errno.EINVAL, "Invalid argument")
+    assert act.move_task(100, 5000, 101, 0) == "failed: Invalid argument"
+    record = StateFile(str(tmp_path / "state.json")).load().affinities[ThreadKey(100, 5000, 101)]
+    assert record.original == {0, 1, 2, 3} and record.applied == {2, 3} == k.affinity[101]
+    assert act.restore() == 1 and k.affinity[101] == {0, 1, 2, 3}
+
+
+def test_our_affinity_is_still_ours_with_some_of_its_cpus_offline(tmp_path):
+    k = FakeKernel()
+    act = make(tmp_path, k)
+    act.move_task(100, 5000, 101, 1)
+    k.take_offline(3)
+    assert act.forget_broken_affinities() == []
+    assert act.restore() == 1
+    assert k.affinity[101] == {0, 1, 2, 3}
+
+
+def test_an_affinity_the_kernel_reset_when_all_its_cpus_went_offline_is_no_longer_ours(tmp_path):
+    k = FakeKernel()
+    act = make(tmp_path, k)
+    act.move_task(100, 5000, 101, 1)
+    act.move_task(100, 5000, 102, 1)
+    k.take_offline(2, 3, asleep={102})
+    assert k.get_affinity(102) == frozenset()  # not run since: the kernel resets it when it wakes
+    key = ThreadKey(100, 5000, 101)
+    broken = act.forget_broken_affinities()
+    assert [(b[0], b[1].applied, b[2]) for b in broken] == [(key, {2, 3}, {0, 1})]
+    assert act.counters["affinities_reset_by_kernel"] == 1
+    saved = StateFile(str(tmp_path / "state.json")).load().affinities
+    assert list(saved) == [ThreadKey(100, 5000, 102)]
+    k.bring_online(2, 3)
+    assert act.forget_broken_affinities() == []
+    assert act.restore() == 1 and k.affinity[102] == {0, 1, 2, 3}
+    assert act.counters["restore_skipped_changed_by_others"] == 0
+
+
+def test_the_record_of_an_exited_thread_whose_cpus_went_offline_is_dropped(tmp_path):
+    k = FakeKernel()
+    act = make(tmp_path, k)
+    act.move_task(100, 5000, 101, 1)
+    del k.affinity[101]  # the thread exited, its process lives on
+    k.take_offline(2, 3)
+    assert act.forget_broken_affinities() == []
+    assert act.state.affinities == {} and act.counters["affinities_reset_by_kernel"] == 0

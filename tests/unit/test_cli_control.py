@@ -164,6 +164,27 @@ def test_status_says_whether_write_fault_sampling_works_and_what_it_changed_for_
     assert "write-fault sampling: unavailable: kernel.perf_event_paranoid = 3 refuses it\n" in out
 
 
+def test_status_says_which_nodes_hold_memory_only_and_which_cpus_are_offline(daemon, capsys):
+    _, out, _ = ctl(capsys, daemon.path, "status")
+    assert "offline" not in out and "memory-only" not in out
+    nodes = daemon.status["nodes"]
+    nodes["0"].update(cpus=[0], offline_cpus=[1], memory_only=False)
+    nodes["1"].update(cpus=[], offline_cpus=[2, 3], memory_only=True)
+    nodes["2"] = {"cpus": [], "offline_cpus": [], "memory_only": True, "size_mb": 1005, "free_mb": 997,
+                  "managed_threads": 0}
+    daemon.status["cpus_offline"] = [1, 2, 3, 9]
+    _, out, _ = ctl(capsys, daemon.path, "status")
+    lines = out.splitlines()
+    table_end = lines.index("     2  -        1005      997                0")
+    assert lines[table_end + 1:table_end + 5] == [
+        "  node 0: CPU 1 offline", "  node 1: memory-only (CPUs 2-3 offline)", "  node 2: memory-only",
+        "  CPU 9 offline (node not known)"]
+    _, out, _ = ctl(capsys, daemon.path, "status", "--json")
+    data = json.loads(out)
+    assert data["nodes"]["1"]["memory_only"] and data["nodes"]["1"]["offline_cpus"] == [2, 3]
+    assert data["cpus_offline"] == [1, 2, 3, 9]
+
+
 def test_status_dry_run_is_shown(daemon, capsys):
     daemon.status["dry_run"] = True
     _, out, _ = ctl(capsys, daemon.path, "status")

@@ -257,6 +257,46 @@ def test_memory_follows_a_pinned_thread_after_two_passes():
     assert second.state.group_migrated_at == {(811, 5811, 7): NOW + 1}
 
 
+def test_a_node_whose_cpus_went_offline_gets_no_thread_and_its_memory_comes_to_the_threads():
+    two = machine(2)
+    memory_only = (two[0], replace(two[1], cpus=()))
+    p = process(811, [thread(811, 0), thread(812, 0)], {1: 1000}, [PageGroup(7, 1, 1000)])
+    first, second = two_passes(memory_only, p)
+    assert moves(first) == moves(second) == {}
+    assert [(m.from_node, m.to_node) for m in migrations(second)] == [(1, 0)]
+
+
+def test_memory_follows_threads_free_to_leave_their_node_once_they_are_held_there():
+    # node 0 is full of threads whose memory is there: the free threads on node 1 stay, their memory comes
+    locals_ = [process(900 + i, [thread(900 + i, 0)], {0: 1000}) for i in range(2)]
+    free = process(811, [thread(811, 1, held=False), thread(812, 1, held=False), thread(813, 1, 0.0, held=False)],
+                   {0: 1000}, [PageGroup(7, 0, 1000)])
+    first, second = two_passes(machine(2, cpus=2), *locals_, free)
+    assert first.actions == ()
+    hold = "holds it on node 1, where its memory is being moved, before the kernel's scheduler takes it elsewhere"
+    assert second.actions[:2] == (MoveTask(811, 5811, 811, "app", 1, 1, hold),
+                                  MoveTask(811, 5811, 812, "app", 1, 1, hold))
+    assert [(m.from_node, m.to_node) for m in migrations(second)] == [(0, 1)]
+    assert len(second.actions) == 3 and second.state.task_moved_at == {}
+
+
+def test_threads_held_or_pinned_already_are_not_held_again():
+    locals_ = [process(900 + i, [thread(900 + i, 0)], {0: 1000}) for i in range(2)]
+    held = process(811, [thread(811, 1)], {0: 1000}, [PageGroup(7, 0, 1000)])
+    pinned = process(812, [thread(812, 1, held=False, user_pinned=True)], {0: 1000}, [PageGroup(7, 0, 1000)])
+    _, second = two_passes(machine(2, cpus=2), *locals_, held, pinned)
+    assert [(m.pid, m.to_node) for m in migrations(second)] == [(811, 1), (812, 1)]
+    assert moves(second) == {}
+
+
+def test_threads_of_a_process_on_several_nodes_are_not_held():
+    spread = process(813, [thread(813, 0, held=False), thread(814, 1, held=False)], {0: 500, 1: 500},
+                     [PageGroup(7, 0, 500, {814: 50})])
+    _, second = two_passes(machine(), spread)
+    assert [(m.from_node, m.to_node) for m in migrations(second)] == [(0, 1)]
+    assert moves(second) == {}
+
+
 def test_numa02_pinned_threads_pull_their_own_slices_across():
     # Each thread pinned to its node, each slice first touched on the other node.
     numa02 = process(200, [thread(201, 0, user_pinned=True), thread(202, 1, user_pinned=True)], {0: 500, 1: 500},

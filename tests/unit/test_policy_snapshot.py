@@ -1,6 +1,7 @@
 """The adapter from statistics to the policy's snapshot, with hand-made statistics."""
 
 import os
+from dataclasses import replace
 
 from autonumad.kernel.files import KernelFiles
 from autonumad.kernel.procfs import CLOCK_TICKS, MemPolicy
@@ -34,8 +35,8 @@ def thread(tid, node, run_ns=0, start_ticks=0):
     return ThreadStats(tid, start_ticks, "app", TOPO.nodes[node].cpus[0], node, run_ns)
 
 
-def build(builder, now, threads, affinity=lambda tid: ALL, owned=lambda key, tid: None, **kw):
-    return builder.build(now, 100.0, TOPO, [(info(), mm(kw.pop("policy", MemPolicy("default"))), threads)],
+def build(builder, now, threads, affinity=lambda tid: ALL, owned=lambda key, tid: None, topology=TOPO, **kw):
+    return builder.build(now, 100.0, topology, [(info(), mm(kw.pop("policy", MemPolicy("default"))), threads)],
                          affinity, owned, True, True, **kw)
 
 
@@ -69,6 +70,24 @@ def test_a_narrowed_affinity_is_a_user_pin_unless_the_daemon_set_it():
     pinned = {t.tid: t.user_pinned for t in snap.processes[0].tasks}
     assert pinned == {101: False, 102: True}
     assert not snap.processes[0].user_pinned
+
+
+def test_the_daemons_affinity_stays_its_own_when_some_of_its_cpus_go_offline():
+    node1 = frozenset(TOPO.nodes[1].cpus)  # 2-3, as the daemon set it
+    cpu3_offline = replace(TOPO, cpus_online=(0, 1, 2), cpus_offline=(3,),
+                           nodes={**TOPO.nodes, 1: replace(TOPO.nodes[1], cpus=(2,), offline_cpus=(3,))})
+    snap, _ = build(SnapshotBuilder(), 1.0, [thread(101, 1), thread(102, 1)], topology=cpu3_offline,
+                    affinity=lambda tid: frozenset({2}), owned=lambda key, tid: node1 if tid == 101 else None)
+    assert {t.tid: t.user_pinned for t in snap.processes[0].tasks} == {101: False, 102: True}
+    assert [n.cpus for n in snap.nodes] == [(0, 1), (2,)]
+
+
+def test_a_thread_is_held_on_its_node_when_its_affinity_has_no_cpu_of_another_node():
+    node1 = frozenset(TOPO.nodes[1].cpus)
+    affinities = {101: node1, 102: ALL, 103: frozenset({3})}
+    snap, _ = build(SnapshotBuilder(), 1.0, [thread(101, 1), thread(102, 1), thread(103, 1)],
+                    affinity=affinities.get, owned=lambda key, tid: node1 if tid == 101 else None)
+    assert {t.tid: t.held for t in snap.processes[0].tasks} == {101: True, 102: False, 103: True}
 
 
 def test_private_anonymous_mappings_become_page_groups_and_libraries_do_not():

@@ -69,6 +69,17 @@ def test_cpu_ceiling_stretches_the_pause():
     assert b.counters.cpu_s == pytest.approx(0.05)
 
 
+def test_page_moves_are_left_out_of_the_ceiling():
+    c = Clocks()
+    b = c.budget(pages_to_scan=1000, scan_sleep_millisecs=100, cpu_ceiling_percent=5)
+    b.take(1000)
+    c.work(2.0)                        # 2 s of CPU in move_pages: the migration rate limit's business
+    b.exclude_cpu(2.0)
+    b.take(1)
+    assert c.sleeps == [pytest.approx(0.1)]
+    assert b.counters.excluded_cpu_s == pytest.approx(2.0) and b.counters.throttled_s == pytest.approx(0)
+
+
 def test_cheap_batches_keep_the_nominal_pause():
     c = Clocks()
     b = c.budget(pages_to_scan=1000, scan_sleep_millisecs=100, cpu_ceiling_percent=5)

@@ -11,7 +11,7 @@ import pytest
 from autonumad.kernel.files import AccessDenied, KernelFiles, ProcessGone
 from autonumad.kernel.procfs import ThreadSnapshot
 from autonumad.processes import ProcessKey
-from autonumad.task_stats import MIN_ACCESS_SAMPLES, TaskStatsTable, WriteFaultSampler, sample_period
+from autonumad.task_stats import MIN_ACCESS_SAMPLES, TaskStatsTable, WriteFaultSampler, next_sample_period
 
 from conftest import FIXTURES
 
@@ -213,14 +213,26 @@ def test_arms_a_spread_process_and_credits_its_threads():
     assert s.counters.samples == 16 and s.counters.credited == 16 and s.counters.armed == 1
 
 
-def test_the_sample_period_spreads_one_ring_of_samples_over_the_process():
-    assert sample_period(rss_pages=300, threads=2) == 1
-    assert sample_period(rss_pages=131072, threads=2) == 128       # numa02: 512 MB, 2 writers
+def test_every_fault_is_sampled_until_a_window_loses_samples_then_one_in_enough():
+    assert next_sample_period(1, samples=1500, lost=0, threads=2) == 1
+    assert next_sample_period(1, samples=2048, lost=8192, threads=2) == 10   # 10240 faults, 512 a ring
+    assert next_sample_period(10, samples=300, lost=0, threads=2) == 2       # 3000 faults: back down
+    assert next_sample_period(10, samples=50, lost=0, threads=2) == 1
     key = ProcessKey(1000, 1)
-    calls = FakeCalls()
-    _, s = sampler(spread_table(key), calls, Clock())
-    s.poll([key], {key: 262144})
-    assert calls.periods == [256]
+    calls, clock = FakeCalls(), Clock()
+
+    class Handle:
+        lost = 8192
+
+    calls.open_fault_sampler = lambda tids, pages=8, period=1: calls.periods.append(period) or Handle()
+    _, s = sampler(spread_table(key), calls, clock)
+    s.poll([key])
+    calls.samples = [(1000, 0x5000 + 4096 * i, 0) for i in range(2048)]
+    clock.now = 1.0
+    s.poll([key])
+    clock.now = 40.0
+    s.poll([key])
+    assert calls.periods == [1, 10] and s.counters.lost == 8192
 
 
 def test_a_region_the_daemon_moved_counts_on_its_new_node():

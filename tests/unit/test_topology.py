@@ -6,7 +6,7 @@ import pytest
 from conftest import FIXTURES
 
 from autonumad.kernel.files import KernelFiles
-from autonumad.topology import Node, Topology, TopologyError, read_topology
+from autonumad.topology import Node, Topology, TopologyError, describe_cpu_changes, read_topology
 
 SYSFS = os.path.join(FIXTURES, "sysfs")
 NODE_DIR = "sys/devices/system/node"
@@ -118,6 +118,40 @@ def test_offline_cpu_belongs_to_no_node():
     assert 3 in t.has_memory
     with pytest.raises(KeyError, match="CPU 3"):
         t.node_of_cpu(3)
+
+
+def test_an_offline_cpu_is_known_as_its_nodes_offline_cpu():
+    t = topo("cpu-offline")
+    assert t.cpus_offline == (3,)
+    assert {n: t.nodes[n].offline_cpus for n in t.node_ids} == {0: (), 1: (), 2: (), 3: (3,)}
+    data = t.to_json()
+    assert data["cpus_offline"] == [3] and data["nodes"]["3"]["offline_cpus"] == [3]
+
+
+def test_an_offline_cpu_without_a_node_link_is_offline_on_no_node(tmp_path):
+    root = copy_tree("cpu-offline", tmp_path)
+    shutil.rmtree(os.path.join(root, "sys/devices/system/cpu/cpu3"))
+    t = read_topology(KernelFiles(root))
+    assert t.cpus_offline == (3,)
+    assert all(t.nodes[n].offline_cpus == () for n in t.node_ids)
+
+
+def test_trees_without_cpu_present_have_no_offline_cpus():
+    for name in ("2node", "memory-only", "no-numa"):
+        t = topo(name)
+        assert t.cpus_offline == () and all(t.nodes[n].offline_cpus == () for n in t.node_ids), name
+
+
+def test_cpu_changes_are_described_per_node(tmp_path):
+    full, offline = topo("4node"), topo("cpu-offline")
+    root = copy_tree("2node", tmp_path)
+    write(root, "sys/devices/system/cpu/online", "0-2\n")
+    assert describe_cpu_changes(topo("2node"), read_topology(KernelFiles(root))) == [
+        "node 1: CPU 3 went offline; it has CPU 2 online"]
+    assert describe_cpu_changes(full, offline) == [
+        "node 3: CPU 3 went offline; it holds memory only: no thread is placed there until a CPU of it comes back"]
+    assert describe_cpu_changes(offline, full) == ["node 3: CPU 3 came back online; it has CPU 3 online"]
+    assert describe_cpu_changes(full, full) == []
 
 
 def test_offline_cpu_still_in_a_cpulist_is_left_out(tmp_path):

@@ -1,0 +1,68 @@
+"""The daemon's page moves: the groups of one process between the same two nodes go to
+the actuator together (one PID check pair, one move_pages batch), each logged with its
+own result; the rate limit's leftovers are deferred, refused groups set aside."""
+
+import logging
+
+from autonumad.plan import MigratePages, Plan
+from autonumad.policy_snapshot import GroupRange
+
+from test_cpu_hotplug import make_daemon
+
+PAGE = 4096
+REGION = 2 << 20
+
+
+class FakeOps:
+    def __init__(self, refuse=()):
+        self.refuse = set(refuse)
+        self.moves = []
+        self.start_checks = 0
+
+    def start_time(self, pid):
+        self.start_checks += 1
+        return 77
+
+    def pages_on_node(self, pid, start, end, node, limit):
+        return list(range(start, end, PAGE))[:limit]
+
+    def move_pages(self, pid, addrs, node):
+        self.moves.append(list(addrs))
+        return [-16 if a in self.refuse else node for a in addrs]
+
+
+def migration(gid, from_node=1, to_node=0, pid=10):
+    return MigratePages(pid, 77, "app", gid, from_node, to_node, 512, "its writers run there")
+
+
+def test_groups_of_one_process_between_two_nodes_move_in_one_batch(tmp_path, caplog):
+    d = make_daemon(tmp_path)
+    ops = FakeOps(refuse=set(range(3 * REGION, 4 * REGION, PAGE)))   # group 3's pages are busy
+    d.actuator.ops = ops
+    d.groups = {(10, 77): {g: GroupRange(g * REGION, (g + 1) * REGION, 1) for g in (1, 2, 3)},
+                (11, 77): {9: GroupRange(9 * REGION, 10 * REGION, 1)}}
+    actions = (migration(1), migration(2), migration(3), migration(9, pid=11))
+    caplog.set_level(logging.INFO, logger="autonumad")
+    lines = d.apply(Plan(actions, d.policy_state))
+    assert [len(batch) for batch in ops.moves] == [3 * 512, 512]     # one call per process
+    assert ops.start_checks == 4                                     # before and after each call
+    assert [line.rsplit("[", 1)[1] for line in lines] == [
+        "done, 512 pages moved]", "done, 512 pages moved]", "done, 0 pages moved]", "done, 512 pages moved]"]
+    assert (10, 77, 3) in d.stuck_groups and (10, 77, 1) not in d.stuck_groups
+
+
+def test_what_the_rate_limit_did_not_grant_is_deferred_not_set_aside(tmp_path):
+    d = make_daemon(tmp_path)
+    d.actuator.ops = FakeOps()
+    d.actuator.rate_limit.clock = lambda: 0.0      # frozen: no tokens come back
+    d.actuator.rate_limit.last = 0.0
+    d.actuator.rate_limit.tokens = 600
+    d.migrate_wait_s = 0.05
+    d.groups = {(10, 77): {g: GroupRange(g * REGION, (g + 1) * REGION, 1) for g in (1, 2)}}
+    lines = d.apply(Plan((migration(1), migration(2)), d.policy_state))
+    assert lines[0].endswith("[done, 512 pages moved]")
+    assert lines[1].endswith("[done, 88 pages moved]")
+    d.groups = {(10, 77): {g: GroupRange(g * REGION, (g + 1) * REGION, 1) for g in (4, 5)}}
+    lines = d.apply(Plan((migration(4), migration(5)), d.policy_state))
+    assert all(line.endswith("[deferred: migration rate limit, 0 pages moved]") for line in lines)
+    assert not d.stuck_groups
