@@ -57,6 +57,8 @@ log = logging.getLogger("autonumad")
 
 ACTIVE_PASS_FRACTION = 5
 MIN_ACTIVE_PASS_S = 1.0
+MOVED_GROUP_SHARE = 0.9
+"""A page group counts as moved when this share of its pages did (busy pages stay behind)."""
 MIGRATE_WAIT_S = 1.0
 """How long a pass may wait in all for migration tokens before deferring the rest."""
 IDLE_TICK_S = 1.0
@@ -415,6 +417,8 @@ class Daemon:
         most self.migrate_wait_s in all; what is left is deferred to a later pass."""
         limit = self.config.migrate.pages_to_migrate
         period_s = self.config.migrate.migrate_sleep_millisecs / 1000.0
+        if not addrs:
+            return "done"   # nothing of the group is left on that node
         result, pos, waited = "deferred: migration rate limit", 0, 0.0
         while pos < len(addrs):
             before = len(tried)
@@ -467,15 +471,17 @@ class Daemon:
             group = self.groups[(m.pid, m.start_time)][m.group_id]
             n = sum(1 for a in group_addrs if a in moved_set)
             was_tried = any(a in tried_set for a in group_addrs)
-            if not result.startswith("done"):
+            if not group_addrs:
+                group_result = "done"     # nothing of it was left on that node
+            elif not result.startswith("done"):
                 group_result = result
             elif not was_tried:
                 group_result = "deferred: migration rate limit"
             else:
                 group_result = "done"
-            if group_result == "done" and n == len(group_addrs) \
+            if group_result == "done" and n >= MOVED_GROUP_SHARE * len(group_addrs) \
                     and len(group_addrs) < self.config.migrate.pages_to_migrate:
-                # the whole group moved: its sampled writes now sit on the new node
+                # the group moved (a few busy pages aside): its sampled writes now sit on the new node
                 self.sampler.note_moved(ProcessKey(m.pid, m.start_time), group.start, group.end,
                                         m.from_node, m.to_node)
             if n == 0 and not group_result.startswith("deferred"):

@@ -310,11 +310,15 @@ class WriteFaultSampler:
         sees the region where it is rather than moving it again."""
         regions = self.regions.get(key)
         if not regions:
+            log.debug("pid %d: no sampled regions to update after a move", key.pid)
             return
+        updated = 0
         for region in range(start & ~(REGION_BYTES - 1), end, REGION_BYTES):
             touches = regions.get(region)
             if touches and from_node in touches.nodes:
                 touches.nodes[to_node] = touches.nodes.get(to_node, 0) + touches.nodes.pop(from_node)
+                updated += 1
+        log.debug("pid %d: %d sampled regions in %#x-%#x now on node %d", key.pid, updated, start, end, to_node)
 
     def forget(self, keys: Iterable[ProcessKey]) -> None:
         for key in keys:

@@ -51,6 +51,20 @@ def test_groups_of_one_process_between_two_nodes_move_in_one_batch(tmp_path, cap
     assert (10, 77, 3) in d.stuck_groups and (10, 77, 1) not in d.stuck_groups
 
 
+def test_a_group_with_nothing_left_on_its_node_is_done_and_its_regions_follow(tmp_path):
+    from autonumad.processes import ProcessKey
+    from autonumad.task_stats import RegionTouches
+    d = make_daemon(tmp_path)
+    ops = FakeOps(refuse={REGION})                 # one busy page stays behind
+    d.actuator.ops = ops
+    d.sampler.regions = {ProcessKey(10, 77): {REGION: RegionTouches({5: 3}, {1: 3}),
+                                              2 * REGION: RegionTouches({5: 1}, {1: 1})}}
+    d.groups = {(10, 77): {1: GroupRange(REGION, 2 * REGION, 1), 2: GroupRange(2 * REGION, 2 * REGION, 1)}}
+    lines = d.apply(Plan((migration(1), migration(2)), d.policy_state))
+    assert lines[0].endswith("[done, 511 pages moved]") and lines[1].endswith("[done, 0 pages moved]")
+    assert d.sampler.regions[ProcessKey(10, 77)][REGION].nodes == {0: 3}
+
+
 def test_what_the_rate_limit_did_not_grant_is_deferred_not_set_aside(tmp_path):
     d = make_daemon(tmp_path)
     d.actuator.ops = FakeOps()
