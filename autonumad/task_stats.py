@@ -31,6 +31,7 @@ afresh.
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -222,6 +223,9 @@ class _Armed:
     threads: int = 1
 
 
+MAX_SAMPLED_THREADS = 64
+"""Threads of one process watched at once (one perf event, one descriptor and a 36 KiB
+ring each): the busiest ones, so a process of thousands of threads costs no more."""
 RING_SAMPLES = 1024
 """Samples one thread's ring holds (8 data pages), drained at each poll."""
 
@@ -334,7 +338,8 @@ class WriteFaultSampler:
 
     def _arm(self, key: ProcessKey, now: float) -> None:
         self._last_armed[key] = now
-        tids = [t.tid for t in self.tasks.threads(key)]
+        busiest = sorted(self.tasks.threads(key), key=lambda t: (-sum(t.run_ns.values()), t.tid))
+        tids = sorted(t.tid for t in busiest[:MAX_SAMPLED_THREADS])
         try:
             period = self._period.get(key, 1)
             handle = self.calls.open_fault_sampler(tids, period=period)
@@ -356,6 +361,11 @@ class WriteFaultSampler:
                 log.debug("pid %d: write-fault sampling refused (%s)", key.pid, exc)
             return
         except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+                # out of descriptors or locked memory for this process's rings: skip it only
+                log.warning("pid %d: write-fault sampling skipped (%s)", key.pid, exc)
+                self.counters.failures += 1
+                return
             log.warning("write-fault sampling unavailable (%s); placing by page location and "
                         "thread CPU only", exc)
             self.counters.failures += 1

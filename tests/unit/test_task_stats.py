@@ -328,6 +328,23 @@ def test_a_paranoid_kernel_refusing_every_process_is_named_once_in_the_log_and_s
     assert s.state() == "on"
 
 
+def test_a_process_of_many_threads_is_sampled_on_its_busiest_and_running_out_of_files_skips_it_only():
+    key = ProcessKey(1000, 1)
+    tasks = TaskStatsTable(CPU_NODES)
+    many = [snap(1000 + i, i % 4, 0) for i in range(200)]
+    tasks.observe(key, many)
+    tasks.observe(key, [snap(1000 + i, i % 4, 1000 * i) for i in range(200)])
+    calls = FakeCalls()
+    _, s = sampler(tasks, calls, Clock())
+    s.poll([key])
+    assert calls.opened[0][1] == list(range(1136, 1200))       # the 64 that ran most
+    other = ProcessKey(2000, 1)
+    calls = FakeCalls(open_error=OSError(errno.EMFILE, "Too many open files"))
+    _, s = sampler(spread_table(other), calls, Clock())
+    s.poll([other])
+    assert s.enabled and s.state() == "on" and s.counters.failures == 1
+
+
 def test_forget_closes_an_armed_sampler():
     key = ProcessKey(1000, 1)
     calls = FakeCalls()
