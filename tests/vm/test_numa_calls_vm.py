@@ -16,6 +16,7 @@ import pytest
 
 from autonumad.kernel import numa_calls
 from autonumad.kernel.files import KernelFiles
+from autonumad.mm_stats import choose_stride
 
 pytestmark = pytest.mark.vm
 
@@ -235,8 +236,12 @@ def test_stride_sampling_of_an_interleaved_process_is_within_two_points():
     with placed_process(f"{BUFFER_PAGES}:-", prefix=("numactl", "--interleave=0,1")) as (pid, buffer):
         exact = numa_maps(pid)[buffer[0]]
         assert min(exact.values()) > BUFFER_PAGES // 4
+        # the stride the daemon would use near 16 on 2 nodes: odd, so that systematic
+        # sampling alternates between the interleaved nodes
+        stride = choose_stride(BUFFER_PAGES, BUFFER_PAGES, 32768, fixed=16, n_nodes=2)
+        assert stride == 17
         for seed in (1, 2, 3):
-            sampled = numa_calls.scan_ranges(pid, [buffer], 16, seed=seed)
+            sampled = numa_calls.scan_ranges(pid, [buffer], stride, seed=seed)
             for node, pages in exact.items():
                 assert abs(sampled.node_pages.get(node, 0) / sampled.sampled - pages / BUFFER_PAGES) <= 0.02
 

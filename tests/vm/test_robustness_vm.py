@@ -254,7 +254,8 @@ def test_kill_9_mid_work_keeps_data_and_the_restarted_daemon_restores_the_origin
         for t in w.thread_ids():
             assert os.sched_getaffinity(t) == online_cpus(), f"thread {t} kept the daemon's affinity"
         assert sysctl_numa_balancing() == BOOT_NUMA_BALANCING
-        assert second.state_file() == {"version": 1, "numa_balancing_original": None, "affinities": {}}
+        assert second.state_file() == {"version": 1, "numa_balancing_original": None,
+                                       "perf_event_paranoid_original": None, "affinities": {}}
         assert not first.trouble() and not second.trouble(), first.trouble() + second.trouble()
     finally:
         if second is not None and second.proc.poll() is None:
