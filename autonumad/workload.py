@@ -98,6 +98,7 @@ from autonumad.topology import Topology, read_topology
 MIB = 1 << 20
 SWEEP_CHUNK_BYTES = 4 * MIB
 BIND_RESERVE_BYTES = 64 * MIB
+HUGE_PAGE_BYTES = 2 * MIB  # x86-64 PMD size: transparent huge pages
 PLACEMENT_CHECK_PAGES = 4096
 STOP_GRACE_SECONDS = 15.0
 EXIT_FAILED = 1
@@ -407,7 +408,8 @@ class ProcessRun:
     out_fd: int
     allowed_cpus: frozenset[int]
     buf: mmap.mmap | None = None
-    base: int = 0
+    lead: int = 0  # bytes of buf before the workload's buffer, which starts on a huge-page boundary
+    base: int = 0  # address of the workload's buffer (buf's address + lead)
     t0: float = 0.0
     stop: threading.Event = field(default_factory=threading.Event)
     go: threading.Event = field(default_factory=threading.Event)
@@ -448,7 +450,7 @@ class ProcessRun:
             if not between_chunks():
                 return None
             n = min(SWEEP_CHUNK_BYTES, end - offset)
-            mismatches += self.calls.sweep(self.buf, offset, n, write_seed, check_seed)
+            mismatches += self.calls.sweep(self.buf, self.lead + offset, n, write_seed, check_seed)
             if check_seed is not None:
                 checked += n
             offset += n
@@ -600,13 +602,19 @@ def run_process(run: ProcessRun, go_fd: int, parent: int) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: run.stop.set())
     plan = run.plan
-    run.buf = mmap.mmap(-1, plan.buffer_bytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    # The buffer starts on a huge-page boundary (the mapping is one huge page longer):
+    # regions are whole huge pages apart, so a transparent huge page faulted in while
+    # one region is touched never covers the next region's first pages on the wrong
+    # node (6.1 does not align anonymous mappings to huge pages by itself).
+    run.buf = mmap.mmap(-1, plan.buffer_bytes + HUGE_PAGE_BYTES, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     # Keep the buffer a VMA of its own: merged with a neighbouring anonymous mapping
     # (Python's arenas), a transparent huge page faulted in by the neighbour could
     # cover the buffer's first pages on the wrong node before the toucher runs.
     # MADV_DONTFORK makes the flags differ; this process never forks.
     run.buf.madvise(mmap.MADV_DONTFORK)
-    run.base = run.calls.buffer_address(run.buf)
+    address = run.calls.buffer_address(run.buf)
+    run.lead = -address % HUGE_PAGE_BYTES
+    run.base = address + run.lead
     run.gate = PhaseGate(len(plan.threads))
     try:
         placed = place_memory(run, KernelFiles(run.opts.root))

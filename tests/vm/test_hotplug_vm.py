@@ -134,7 +134,11 @@ def test_cpus_taken_offline_and_brought_back_are_followed(tmp_path_factory):
         def pinned_to_returned_cpus() -> int:
             return sum(1 for e in d.state_file()["affinities"].values() if set(e["applied"]) <= set(taken))
 
-        wait_for(pinned_to_returned_cpus, 120, "the daemon to pin a workload thread to a CPU that came back")
+        try:
+            wait_for(pinned_to_returned_cpus, 120, "the daemon to pin a workload thread to a CPU that came back")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\naffinities: {d.state_file()['affinities']}\n"
+                                 f"{d.read_log()[-6000:]}") from None
         back = w.wait_locality(0.9, timeout=RECONVERGE_S)
         back_s = time.monotonic() - t1
         pinned_back = pinned_to_returned_cpus()
