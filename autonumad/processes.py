@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autonumad.kernel import procfs
-from autonumad.kernel.files import AccessDenied, KernelFiles, ProcessGone
+from autonumad.kernel.files import AccessDenied, KernelFiles, ProcessGone, UnexpectedSymlink
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +198,9 @@ class ProcessDiscovery:
                 info = self._read_process(pid, now, uptime_ticks)
             except ProcessGone:
                 log.debug("pid %d went away while being read; skipped", pid)
+                continue
+            except UnexpectedSymlink as exc:
+                log.warning("pid %d: %s; skipped", pid, exc)
                 continue
             except AccessDenied as exc:
                 log.debug("pid %d: access denied (%s); skipped", pid, exc)

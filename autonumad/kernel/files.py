@@ -4,6 +4,14 @@
 "proc/1/numa_maps") under `root`, so tests point it at a fixture tree. In dry-run
 mode writes are recorded in `writes` instead of made (the damo model): that is the
 test seam and `autonumad --dry-run`.
+
+Under /proc it follows no symlink it did not expect: the file (or directory) a
+path names is opened with O_NOFOLLOW, so a symlink there (/proc/PID/exe, cwd,
+root, fd/N are the kernel's own; a fixture tree or a bind mount could hold more)
+is refused with `UnexpectedSymlink`, which callers handle as `AccessDenied` (the
+process is skipped). The path's directories are numeric PID and TID directories
+and fixed names, which procfs never makes symlinks; the one expected symlink is
+`proc/self` (the daemon's own status).
 """
 
 from __future__ import annotations
@@ -19,6 +27,10 @@ class ProcessGone(OSError):
 
 class AccessDenied(OSError):
     """The kernel refused access (EPERM/EACCES)."""
+
+
+class UnexpectedSymlink(AccessDenied):
+    """A path under /proc named a symlink, which the daemon refuses to follow."""
 
 
 def map_os_error(exc: OSError) -> OSError:
@@ -41,36 +53,58 @@ class KernelFiles:
     def path(self, rel: str) -> str:
         return os.path.join(self.root, rel.lstrip("/"))
 
-    def read_text(self, rel: str) -> str:
+    def _open(self, rel: str, flags: int) -> int:
+        """A descriptor for kernel path `rel`; under /proc, never through a symlink at its end."""
+        path = self.path(rel)
+        nofollow = _under_proc(rel)
         try:
-            with open(self.path(rel), encoding="ascii", errors="replace") as f:
-                return f.read()
+            return os.open(path, flags | os.O_CLOEXEC | (os.O_NOFOLLOW if nofollow else 0))
         except OSError as exc:
+            if nofollow and exc.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(path):
+                raise UnexpectedSymlink(errno.ELOOP, "refusing to follow a symlink under /proc", path) from None
             raise map_os_error(exc) from None
 
+    def read_text(self, rel: str) -> str:
+        return self.read_bytes(rel).decode("ascii", errors="replace")
+
     def read_bytes(self, rel: str) -> bytes:
+        fd = self._open(rel, os.O_RDONLY)
         try:
-            with open(self.path(rel), "rb") as f:
+            with open(fd, "rb", closefd=False) as f:
                 return f.read()
         except OSError as exc:
             raise map_os_error(exc) from None
+        finally:
+            os.close(fd)
 
     def exists(self, rel: str) -> bool:
         return os.path.exists(self.path(rel))
 
     def listdir(self, rel: str) -> list[str]:
+        fd = self._open(rel, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            return sorted(os.listdir(self.path(rel)))
+            return sorted(os.listdir(fd))
         except OSError as exc:
             raise map_os_error(exc) from None
+        finally:
+            os.close(fd)
 
     def write_text(self, rel: str, value: str) -> None:
         """Write `value` to a kernel file, or only record it in dry-run mode."""
         self.writes.append((rel, value))
         if self.dry_run:
             return
+        fd = self._open(rel, os.O_WRONLY | os.O_TRUNC)
         try:
-            with open(self.path(rel), "w", encoding="ascii") as f:
+            with open(fd, "w", encoding="ascii", closefd=False) as f:
                 f.write(value)
         except OSError as exc:
             raise map_os_error(exc) from None
+        finally:
+            os.close(fd)
+
+
+def _under_proc(rel: str) -> bool:
+    """Whether `rel` lies under /proc, and not under the expected symlink proc/self."""
+    parts = rel.lstrip("/").split("/")
+    return parts[0] == "proc" and len(parts) > 1 and parts[1] not in ("self", "thread-self")

@@ -207,3 +207,18 @@ def test_filter_from_config():
     assert f.min_rss_mb == 300 and f.min_cpu_percent == 50.0
     assert f.rejection(info(comm="mysqld", uid=5, user="x", rss_kb=400 * 1024, cpu_percent=60)) is None
     assert f.rejection(info(key=ProcessKey(1, 1), comm="mysqld", rss_kb=400 * 1024, cpu_percent=60)) == "PID excluded"
+
+
+def test_a_process_with_a_symlink_in_its_proc_entry_is_skipped_with_a_warning(tree, caplog):
+    status = tree / "proc" / str(MIXED) / "status"
+    status.unlink()
+    status.symlink_to(tree / "proc" / str(MEMBIND) / "status")
+    discovery = ProcessDiscovery(KernelFiles(str(tree)), ProcessFilter(min_rss_mb=0, min_cpu_percent=0),
+                                 clock=Clock(), own_pid=NOT_US)
+    with caplog.at_level(logging.DEBUG, logger="autonumad.processes"):
+        d = discovery.discover()
+    pids = [p.pid for p in d.processes]
+    assert MIXED not in pids and MEMBIND in pids
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert f"pid {MIXED}: " in warning.getMessage() and "refusing to follow a symlink" in warning.getMessage()
+    assert str(status) in warning.getMessage()

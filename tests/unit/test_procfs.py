@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from autonumad.kernel import procfs
-from autonumad.kernel.files import KernelFiles, ProcessGone
+from autonumad.kernel.files import AccessDenied, KernelFiles, ProcessGone, UnexpectedSymlink
 from autonumad.kernel.procfs import MemPolicy
 
 from conftest import FIXTURES
@@ -299,3 +299,41 @@ def test_clear_soft_dirty_writes_4_to_clear_refs():
     files = KernelFiles(VM_TREE, dry_run=True)
     procfs.clear_soft_dirty(files, MIXED)
     assert files.writes == [(f"proc/{MIXED}/clear_refs", "4")]
+
+
+# ---------------------------------------------------------------- symlinks under /proc
+
+def test_a_symlink_under_proc_is_refused_and_names_the_path(tmp_path):
+    shutil.copytree(VM_TREE, tmp_path / "vm")
+    tree = tmp_path / "vm"
+    secret = tmp_path / "secret"
+    secret.write_text("not for the daemon\n")
+    (tree / "proc" / str(MIXED) / "numa_maps").unlink()
+    (tree / "proc" / str(MIXED) / "numa_maps").symlink_to(secret)
+    shutil.rmtree(tree / "proc" / str(MEMBIND) / "task")
+    (tree / "proc" / str(MEMBIND) / "task").symlink_to(tree / "proc" / str(MIXED) / "task")
+    files = KernelFiles(str(tree))
+    with pytest.raises(UnexpectedSymlink) as raised:
+        procfs.read_numa_maps(files, MIXED)
+    assert isinstance(raised.value, AccessDenied)
+    assert raised.value.filename == str(tree / "proc" / str(MIXED) / "numa_maps")
+    assert "refusing to follow a symlink under /proc" in str(raised.value)
+    with pytest.raises(UnexpectedSymlink):
+        procfs.read_threads(files, MEMBIND)
+    with pytest.raises(UnexpectedSymlink):
+        files.write_text(f"proc/{MIXED}/numa_maps", "4")
+    assert secret.read_text() == "not for the daemon\n"
+    assert procfs.read_stat(files, MIXED).pid == MIXED  # the process's other files still read
+
+
+def test_the_expected_symlink_proc_self_and_symlinks_outside_proc_are_followed(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "status").write_text("Name:\tautonumad\n")
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc" / "self").symlink_to(tmp_path / "real")
+    (tmp_path / "sys").mkdir()
+    (tmp_path / "sys" / "cpulist").symlink_to(tmp_path / "real" / "status")
+    files = KernelFiles(str(tmp_path))
+    assert files.read_text("proc/self/status") == "Name:\tautonumad\n"
+    assert files.read_text("sys/cpulist") == "Name:\tautonumad\n"
+    assert procfs.list_pids(KernelFiles("/"))  # the real /proc reads as before

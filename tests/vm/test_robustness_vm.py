@@ -14,7 +14,9 @@ the crash test comes last because it kills that daemon.
   workload keeps running with its data intact, and a daemon restarted on the same
   state file knows which affinities and which kernel.numa_balancing value were its
   own doing, restores the originals when it stops, and kept its state file and
-  socket private (mode 0600).
+  socket private (mode 0600);
+- the kernel layer follows no symlink under /proc: the kernel's own (exe, cwd,
+  root, fd/N) are refused by name, /proc/self is the one it follows.
 
 Each test prints a "figures:" block (run pytest with -s to see them); the longer
 churn run is scripts/soak.
@@ -271,3 +273,26 @@ def test_kill_9_mid_work_keeps_data_and_the_restarted_daemon_restores_the_origin
         "bytes verified": sum(s["verified_bytes"] for s in summaries),
         "mismatches": sum(s["mismatches"] for s in summaries),
     })
+
+
+def test_the_kernel_layer_follows_no_symlink_under_proc():
+    """The kernel's own symlinks under /proc/PID (exe, cwd, root, fd/N) are refused, by name; the
+    files the daemon reads there are not symlinks and read as usual; /proc/self is the one followed."""
+    from autonumad.kernel import procfs
+    from autonumad.kernel.files import KernelFiles, UnexpectedSymlink
+
+    files = KernelFiles("/")
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        for name in ("exe", "cwd", "root", "fd/0"):
+            with pytest.raises(UnexpectedSymlink) as raised:
+                files.read_bytes(f"proc/{child.pid}/{name}")
+            assert raised.value.filename == f"/proc/{child.pid}/{name}"
+        with pytest.raises(UnexpectedSymlink):
+            files.listdir(f"proc/{child.pid}/cwd")
+        assert procfs.read_numa_maps(files, child.pid) and [t.tid for t in procfs.read_threads(files, child.pid)] == [child.pid]
+        assert procfs.read_stat(files, child.pid).pid == child.pid
+        assert f"Pid:\t{os.getpid()}\n" in files.read_text("proc/self/status")
+    finally:
+        child.kill()
+        child.wait()
