@@ -298,7 +298,7 @@ class Daemon:
             if mm is None:
                 continue
             observed.append((info, mm, self.tasks.threads(info.key)))
-            self.sampler.poll(p.key for p, _, _ in observed)
+            self.sampler.poll((info.key,))  # drains the armed samplers; may arm this one process
         with self.lock:
             now = time.monotonic()
             self.stuck_groups = {k: until for k, until in self.stuck_groups.items() if until > now}

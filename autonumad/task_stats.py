@@ -290,7 +290,9 @@ class WriteFaultSampler:
 
     def poll(self, keys: Iterable[ProcessKey]) -> None:
         """Drain the armed samplers (their rings hold ~1024 samples per thread), count the
-        samples of those whose window has passed, then arm at most one more process."""
+        samples of those whose window has passed, then arm at most one more process of
+        `keys`. The daemon calls it after each process it observes, with that process alone:
+        a pass costs one look per process, not one per process seen so far."""
         now = self.clock()
         for armed in list(self._armed.values()):
             self._drain(armed)

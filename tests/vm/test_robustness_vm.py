@@ -296,3 +296,138 @@ def test_the_kernel_layer_follows_no_symlink_under_proc():
     finally:
         child.kill()
         child.wait()
+
+
+# ---------------------------------------------------------------- PID reuse, provoked
+
+NS_LAST_PID = "/proc/sys/kernel/ns_last_pid"
+
+
+def spawn_with_pid(pid: int, tries: int = 20) -> subprocess.Popen:
+    """A `sleep` that gets PID `pid` (root: ns_last_pid is set to pid-1 just before the fork;
+    another fork in the VM can take it first, hence the tries)."""
+    for _ in range(tries):
+        with open(NS_LAST_PID, "w") as f:
+            f.write(str(pid - 1))
+        child = subprocess.Popen(["sleep", "600"])
+        if child.pid == pid:
+            return child
+        child.kill()
+        child.wait()
+    raise AssertionError(f"could not get PID {pid} back after {tries} tries")
+
+
+def test_pid_reuse_between_decision_and_action_is_caught_and_undone_on_the_real_kernel(tmp_path):
+    """The actuator, on the live kernel, against a PID handed to a new process (provoked with
+    ns_last_pid): before the action it is skipped; during the action (the PID changes hands
+    between the actuator's check and its syscall) the affinity set is put back and the pages
+    moved back, each counted, and the new process keeps what it had."""
+    from autonumad.actuator import Actuator, MigrationRateLimit
+    from autonumad.kernel.files import KernelFiles
+    from autonumad.kernel.live_ops import LiveKernelOps
+    from autonumad.kernel.procfs import read_numa_maps
+    from autonumad.state_file import DaemonState, StateFile
+    from autonumad.topology import read_topology
+
+    files = KernelFiles("/")
+    topo = read_topology(files)
+    live = LiveKernelOps(files)
+    online = live.online_cpus()
+    node_cpus = lambda n: frozenset(topo.nodes[n].cpus)  # noqa: E731
+
+    class SwapBeforeSyscall:
+        """Live ops that hand the PID to a new process just before the next affinity or page call."""
+
+        def __init__(self):
+            self.swap_before = None  # "set_affinity" or "move_pages"
+            self.replacement = None
+
+        def __getattr__(self, name):
+            return getattr(live, name)
+
+        def _maybe_swap(self, call, pid):
+            if self.swap_before == call:
+                self.swap_before = None
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                time.sleep(0.05)  # a new start time: it is counted in clock ticks
+                self.replacement = spawn_with_pid(pid)
+
+        def set_affinity(self, tid, cpus):
+            self._maybe_swap("set_affinity", tid)
+            live.set_affinity(tid, cpus)
+
+        def move_pages(self, pid, addrs, node):
+            moved = live.move_pages(pid, addrs, node)
+            self._maybe_swap("move_pages", pid)
+            return moved
+
+    ops = SwapBeforeSyscall()
+    state = DaemonState()
+    actuator = Actuator(ops, node_cpus, state, StateFile(str(tmp_path / "state.json")),
+                        MigrationRateLimit(1 << 20, 100))
+    children = []
+    try:
+        # Before: the PID changed hands between the pass and the action.
+        old = subprocess.Popen(["sleep", "600"])
+        old_start = live.start_time(old.pid)
+        old.kill()
+        old.wait()
+        time.sleep(0.05)
+        new = spawn_with_pid(old.pid)
+        children.append(new)
+        assert live.start_time(new.pid) != old_start
+        assert actuator.move_task(new.pid, old_start, new.pid, 1) == "skipped: process gone or PID reused"
+        assert actuator.migrate_pages(new.pid, old_start, [0x10000], 0, 1)[0] == "skipped: process gone or PID reused"
+        assert live.get_affinity(new.pid) == online and not state.affinities
+        assert actuator.counters["pid_reuse_caught_before"] == 2
+
+        # During an affinity change: the syscall lands on the new process, and is undone.
+        victim = subprocess.Popen(["sleep", "600"])
+        children.append(victim)
+        ops.swap_before = "set_affinity"
+        result = actuator.move_task(victim.pid, live.start_time(victim.pid), victim.pid, 1)
+        children.append(ops.replacement)
+        assert result == "undone: PID reused during the move"
+        assert ops.replacement.pid == victim.pid and live.get_affinity(victim.pid) == online
+        assert not state.affinities and actuator.counters["pid_reuse_undone"] == 1
+
+        # During a page move: the pages moved are moved back (the new process has none at those
+        # addresses: the kernel answers for each, and nothing of it moves).
+        holder = subprocess.Popen([sys.executable, "-c", HOLDER, "8"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  text=True)
+        children.append(holder)
+        start, end = (int(x) for x in holder.stdout.readline().split())
+        addrs = live.pages_on_node(holder.pid, start, end, 0, 1 << 20)
+        assert len(addrs) >= 1000, len(addrs)
+        ops.swap_before = "move_pages"
+        result, moved = actuator.migrate_pages(holder.pid, live.start_time(holder.pid), addrs, 0, 1)
+        children.append(ops.replacement)
+        assert (result, moved) == ("undone: PID reused during the move", 0)
+        assert actuator.counters["pid_reuse_undone"] == 2 and actuator.counters["pages_migrated"] >= 0.9 * len(addrs)
+        assert ops.replacement.poll() is None and read_numa_maps(files, ops.replacement.pid)
+    finally:
+        for child in children:
+            if child is not None and child.poll() is None:
+                child.kill()
+                child.wait()
+    print_figures("PID reuse provoked with ns_last_pid", {
+        "caught before the action": actuator.counters["pid_reuse_caught_before"],
+        "undone after the action": actuator.counters["pid_reuse_undone"],
+        "pages moved then moved back": len(addrs),
+    })
+
+
+# Maps and touches MB MiB on node 0, prints the range, then waits for its stdin to close.
+HOLDER = """
+import mmap, os, sys
+from autonumad.kernel import numa_calls
+size = int(sys.argv[1]) << 20
+buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+numa_calls.set_membind(0)
+numa_calls.sweep(buf, 0, size, 1, None)
+numa_calls.reset_mempolicy()
+base = numa_calls.buffer_address(buf)
+print(base, base + size, flush=True)
+os.read(0, 1)
+"""
