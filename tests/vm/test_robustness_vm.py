@@ -109,18 +109,28 @@ def test_churn_beside_a_workload_leaves_the_daemon_answering_and_the_workload_co
     before = status(daemon.sock)
     w = Workload(tmp, "churned", "--shape", "numa01", "--processes", "2", "--threads", "1",
                  "--mb", str(CHURN_WORKLOAD_MB), "--duration", str(CHURN_SECONDS + 600), "--affinity", "free")
+    churn = None
+    churn_out = open(f"{tmp}/churn.out", "w+")  # a file: a pipe nobody reads until churn exits could fill up
     try:
         churn = subprocess.Popen([sys.executable, f"{REPO}/scripts/churn", "--duration", str(CHURN_SECONDS),
                                   "--pid-max", str(CHURN_PID_MAX), "--json", f"{tmp}/churn.json"],
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                 stdout=churn_out, stderr=subprocess.STDOUT)
         cpu0, rss_max = daemon.usage()
         t0 = time.monotonic()
+        next_note = t0 + 60
         while churn.poll() is None:
             time.sleep(2)
             rss_max = max(rss_max, daemon.usage()[1])
+            if time.monotonic() >= next_note:  # a long soak says how it goes (pytest -s shows it)
+                next_note += 60
+                print(f"churn: {time.monotonic() - t0:.0f} s, daemon passes "
+                      f"{status(daemon.sock)['counters'].get('passes', 0)}, workload locality {w.locality():.2f}",
+                      flush=True)
+            assert time.monotonic() - t0 < CHURN_SECONDS + 120, "scripts/churn did not stop on time"
         cpu1 = daemon.usage()[0]
         churn_s = time.monotonic() - t0
-        table = churn.stdout.read()
+        churn_out.seek(0)
+        table = churn_out.read()
         assert churn.returncode == 0, table
         with open(f"{tmp}/churn.json") as f:
             rates = json.load(f)["kinds"]
@@ -130,6 +140,10 @@ def test_churn_beside_a_workload_leaves_the_daemon_answering_and_the_workload_co
         assert loc >= 0.9, f"locality {loc:.2f} 90 s after the churn\n{daemon.read_log()[-4000:]}"
         assert not daemon.trouble(), "\n".join(daemon.trouble()[:20])
     finally:
+        if churn is not None and churn.poll() is None:
+            churn.kill()
+            churn.wait()
+        churn_out.close()
         summaries = w.stop()
     assert all(s["mismatches"] == 0 for s in summaries), summaries
     counters = {k: after["counters"].get(k, 0) - before["counters"].get(k, 0)
