@@ -46,7 +46,7 @@ from autonumad.placement_advice import advise
 from autonumad.plan import ExchangeTasks, MigratePages, MoveTask, Plan, PolicyState
 from autonumad.policy import PolicyConfig, plan_pass
 from autonumad.policy_snapshot import GroupRange, SnapshotBuilder, node_mb, process_locality
-from autonumad.processes import ProcessDiscovery, ProcessFilter, ProcessKey
+from autonumad.processes import NewProcessWatch, ProcessDiscovery, ProcessFilter, ProcessKey
 from autonumad.scan_pacing import ScanBudget
 from autonumad.state_file import DaemonState, StateFile
 from autonumad.systemd_notify import Notifier
@@ -62,6 +62,9 @@ MOVED_GROUP_SHARE = 0.9
 MIGRATE_WAIT_S = 1.0
 """How long a pass may wait in all for migration tokens before deferring the rest."""
 IDLE_TICK_S = 1.0
+WAKE_MIN_RSS_MB = 16
+"""A process new since the last pass ends the sleep between passes once its RSS reaches
+the larger of this and [policy] min_rss_mb (NewProcessWatch)."""
 STUCK_GROUP_RETRY_S = 120.0
 """A page group none of whose pages would move is not tried again for this long."""
 CPU_CREDIT_WINDOW_S = 30.0
@@ -133,6 +136,8 @@ class Daemon:
                                  MigrationRateLimit(config.migrate.pages_to_migrate,
                                                     config.migrate.migrate_sleep_millisecs))
         self.discovery = ProcessDiscovery(files, ProcessFilter.from_config(config))
+        self.new_processes = NewProcessWatch(files, self._wake_rss_kb())
+        self._between_passes = False
         self.mm = MmStatsTable.from_config(files, config, n_nodes=len(self.topology.has_memory))
         self.tasks = TaskStatsTable(self.topology.cpu_nodes)
         self.sampler = WriteFaultSampler(files, self.tasks, enabled=config.scan.fault_sampling)
@@ -243,9 +248,14 @@ class Daemon:
                     self.run_pass()
                     self.notifier.status(self.status_line())
                     self.budget.scan_sleep_pass_millisecs = self._pass_interval_ms()
+                    self.new_processes.reset(self.discovery.seen_pids)
+                    self.new_processes.min_rss_kb = self._wake_rss_kb()
+                    self._between_passes = True
                     self.budget.end_pass()
                 except _Interrupted:
                     continue
+                finally:
+                    self._between_passes = False
         finally:
             self.notifier.stopping()
             log.info("stopping")
@@ -272,8 +282,13 @@ class Daemon:
         self.notifier.watchdog()
         self.stop_event.wait(seconds)
 
+    def _wake_rss_kb(self) -> int:
+        return max(WAKE_MIN_RSS_MB, self.config.policy.min_rss_mb) * 1024
+
     def _sleep(self, seconds: float) -> None:
-        """Sleep, pinging the watchdog, and wake early when asked to stop, reload or pause."""
+        """Sleep, pinging the watchdog, and wake early when asked to stop, reload or pause;
+        between passes, also when a new process grew big enough to balance (unless the
+        pause is stretched for the CPU ceiling)."""
         deadline = time.monotonic() + seconds
         while True:
             self.notifier.watchdog()
@@ -282,6 +297,13 @@ class Daemon:
                 return
             if self.stop_event.wait(min(left, IDLE_TICK_S)) or self.reload_requested or not self.balancing():
                 raise _Interrupted()
+            if self._between_passes and not self.budget.throttled and deadline - time.monotonic() > 0:
+                pid = self.new_processes.check()
+                if pid is not None:
+                    log.debug("pid %d is new and big enough to balance: next pass now", pid)
+                    self.counters["early_passes"] += 1
+                    self.budget.cut_pause_short(deadline - time.monotonic())
+                    raise _Interrupted()
 
     def run_pass(self) -> PassReport:
         started = time.monotonic()

@@ -218,6 +218,7 @@ class ProcessDiscovery:
             elif info.key in self._admitted:
                 log.debug("pid %d (%s) no longer balanced: %s", pid, info.comm, reason)
         self._history = seen
+        self.seen_pids = {key.pid for key in seen}
         keys = {info.key for info in admitted}
         new = sorted(keys - self._admitted)
         left = sorted(self._admitted - keys)
@@ -261,3 +262,54 @@ def find_processes(files: KernelFiles, wanted: str, own_pid: int | None = None) 
     else:
         process_filter = ProcessFilter(include=(wanted,))
     return ProcessDiscovery(files, process_filter, own_pid=own_pid).discover().processes
+
+
+PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+class NewProcessWatch:
+    """Between passes: has a process the last pass did not see grown big enough to balance?
+
+    The daemon sleeps up to `scan_sleep_pass_millisecs` once the system has settled;
+    a job that starts meanwhile would wait out that sleep before its first look. Each
+    second of the sleep the daemon calls `check`, which lists /proc and reads the
+    stat file of PIDs the last pass did not see (at most `max_reads` a call, so process
+    churn costs little), and answers the first one whose RSS reached `min_rss_kb`;
+    the daemon then starts its next pass at once. Kernel threads, zombies and
+    processes it may not read are not read again; small new ones are read again on
+    later calls, since a job grows while it starts.
+    """
+
+    def __init__(self, files: KernelFiles, min_rss_kb: int, own_pid: int | None = None,
+                 max_reads: int = 64) -> None:
+        self.files = files
+        self.min_rss_kb = min_rss_kb
+        self.own_pid = os.getpid() if own_pid is None else own_pid
+        self.max_reads = max_reads
+        self._known: set[int] = set()
+        self._ignored: set[int] = set()
+
+    def reset(self, known_pids: set[int]) -> None:
+        """After a pass: the PIDs it saw."""
+        self._known = set(known_pids)
+        self._ignored.clear()
+
+    def check(self) -> int | None:
+        """A new PID big enough to balance now, or None."""
+        reads = 0
+        for pid in procfs.list_pids(self.files):
+            if pid in self._known or pid in self._ignored or pid == self.own_pid:
+                continue
+            if reads >= self.max_reads:
+                break
+            reads += 1
+            try:
+                stat = procfs.read_stat(self.files, pid)
+            except (ProcessGone, AccessDenied, ValueError):
+                self._ignored.add(pid)
+                continue
+            if stat.is_kernel_thread or stat.state in ("Z", "X"):
+                self._ignored.add(pid)
+            elif stat.rss_pages * PAGE_KB >= self.min_rss_kb:
+                return pid
+        return None

@@ -65,6 +65,8 @@ class ScanBudget:
         self.sleep = sleep
         self.counters = PacingCounters()
         self._left = pages_to_scan
+        self.throttled = False  # the pause under way is longer than asked, for the CPU ceiling
+        self._pausing = (0.0, 0.0)  # (balance before it, its length) of the pause under way
         self._window_wall = clock()
         self._window_cpu = cpu_clock()
 
@@ -101,8 +103,19 @@ class ScanBudget:
         """A full pass is done: pause scan_sleep_pass_millisecs (or longer, for the
         ceiling) and start the next pass with a fresh batch."""
         self.counters.full_scans += 1
+        self._left = min(self._left, 0) + self.pages_to_scan  # first: the sleep may end the pause early
         self._pause(self.scan_sleep_pass_millisecs)
-        self._left = min(self._left, 0) + self.pages_to_scan
+
+    def cut_pause_short(self, unslept_s: float) -> None:
+        """The pause under way ends `unslept_s` early (new work came): the ceiling does not
+        count the part not slept, and the next window starts now."""
+        ceiling = self.cpu_ceiling_percent / 100.0
+        before, pause = self._pausing
+        slept = max(0.0, pause - max(0.0, unslept_s))
+        self._balance = max(-ceiling * self.credit_window_s, before - ceiling * slept)
+        self.counters.pauses += 1
+        self._window_wall = self.clock()
+        self._window_cpu = self.cpu_clock()
 
     def _pause(self, millisecs: int) -> None:
         wall = self.clock() - self._window_wall
@@ -114,6 +127,8 @@ class ScanBudget:
         balance = max(-credit, self._balance + cpu - ceiling * wall)
         pause = max(base, balance / ceiling)
         self._balance = max(-credit, balance - ceiling * pause)
+        self.throttled = pause > base
+        self._pausing = (balance, pause)  # for cut_pause_short
         self.sleep(pause)
         self.counters.pauses += 1
         self.counters.slept_s += pause

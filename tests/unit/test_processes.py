@@ -10,7 +10,7 @@ import pytest
 from autonumad.config import Config, PolicyConfig, ProcessesConfig
 from autonumad.kernel import procfs
 from autonumad.kernel.files import KernelFiles
-from autonumad.processes import (ProcessDiscovery, ProcessFilter, ProcessInfo, ProcessKey, compile_pattern,
+from autonumad.processes import (NewProcessWatch, ProcessDiscovery, ProcessFilter, ProcessInfo, ProcessKey, compile_pattern,
                                  find_processes)
 
 from conftest import FIXTURES
@@ -222,3 +222,38 @@ def test_a_process_with_a_symlink_in_its_proc_entry_is_skipped_with_a_warning(tr
     (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert f"pid {MIXED}: " in warning.getMessage() and "refusing to follow a symlink" in warning.getMessage()
     assert str(status) in warning.getMessage()
+
+
+# ---------------------------------------------------------------- new processes between passes
+
+def test_new_process_watch_answers_a_new_pid_once_its_rss_reaches_the_threshold(tree):
+    files = KernelFiles(str(tree))
+    discovery = ProcessDiscovery(files, ProcessFilter(), clock=Clock(), own_pid=NOT_US)
+    discovery.discover()
+    watch = NewProcessWatch(files, min_rss_kb=64 * 1024, own_pid=NOT_US)
+    watch.reset(discovery.seen_pids)
+    assert watch.check() is None  # nothing new
+    new = 4242
+    shutil.copytree(tree / "proc" / str(MIXED), tree / "proc" / str(new))
+    set_stat_fields(tree, new, f24=1000)  # 4 MB: not yet
+    assert watch.check() is None
+    set_stat_fields(tree, new, f24=64 * 256)  # 64 MB: a job has started
+    assert watch.check() == new
+    watch.reset(discovery.discover() and discovery.seen_pids)
+    assert new in discovery.seen_pids and watch.check() is None
+
+
+def test_new_process_watch_does_not_read_kernel_threads_twice_and_bounds_its_reads(tree, monkeypatch):
+    files = KernelFiles(str(tree))
+    watch = NewProcessWatch(files, min_rss_kb=1 << 40, own_pid=NOT_US, max_reads=2)
+    watch.reset(set())
+    reads = []
+    real = procfs.read_stat
+    monkeypatch.setattr(procfs, "read_stat", lambda f, pid: reads.append(pid) or real(f, pid))
+    assert watch.check() is None
+    assert len(reads) == 2  # at most max_reads a call
+    reads.clear()
+    for _ in range(len(os.listdir(tree / "proc"))):
+        watch.check()
+    kthread = PIDS["kthread"]
+    assert reads.count(kthread) <= 1  # a kernel thread is read once, then ignored

@@ -171,3 +171,32 @@ def test_idle_time_is_credit_for_a_burst_then_the_ceiling_holds():
         c.work(1.0)
         b.end_pass()
     assert c.sleeps[-1] == pytest.approx(1.0 / 0.05 - 1.0)
+
+
+def test_a_pause_cut_short_is_not_counted_as_slept_against_the_ceiling():
+    class Interrupted(Exception):
+        pass
+
+    c = Clocks()
+    cut = []
+
+    def sleep_a_second_then_wake(seconds):
+        c.sleep(1.0)
+        cut.append(seconds - 1.0)
+        raise Interrupted
+
+    b = ScanBudget(clock=lambda: c.wall, cpu_clock=lambda: c.cpu, sleep=sleep_a_second_then_wake,
+                   pages_to_scan=1000, scan_sleep_millisecs=100, scan_sleep_pass_millisecs=10000,
+                   cpu_ceiling_percent=5, credit_window_s=0)
+    b.take(1000)
+    c.work(0.05)
+    with pytest.raises(Interrupted):
+        b.end_pass()                   # a 10 s pause, woken after 1 s
+    assert not b.throttled
+    b.cut_pause_short(cut[0])
+    assert b.take(1000) == 1000        # the next pass starts with a fresh batch
+    b.sleep = c.sleep
+    c.work(0.5)                        # a costly first batch right after the short pause
+    b.take(1)
+    # 0.5 s of CPU in a 0.5 s window: the ceiling stretches the pause to 0.5 / 5 % - 0.5 = 9.5 s;
+    assert c.sleeps[-1] == pytest.approx(9.5) and b.throttled
