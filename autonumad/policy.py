@@ -68,8 +68,10 @@ pages, so that is tried first). Pinned processes' memory follows their threads.
   another node moved to A.
 - A process whose threads run on several nodes wants each group moved to the node
   whose threads touched it most (per-thread fault samples, mapped through each
-  thread's current node), by at least `min_gain` per mille of the touches more
-  than the node holding it; groups no thread was seen touching stay put.
+  thread's current node, each thread's touches counted as their share of all its
+  touches: the same measure threads are placed by, so the two never chase each
+  other), by at least `min_gain` per mille of the touches more than the node
+  holding it; groups no thread was seen touching stay put.
 A group is queued only when this pass wants the same node as the previous pass
 (AutoNUMA's last_nid filter; any other wish in between starts over), largest gains
 (pages x per-mille gain) first, within `pages_to_migrate` pages per pass (the
@@ -639,12 +641,15 @@ def _plan_migrations(snapshot: Snapshot, state: PolicyState, config: PolicyConfi
         if not runs_on:
             continue
         thread_node = {t.tid: t.cpu_node for t in process.tasks if t.cpu_node in nodes}
+        thread_touches: Counter[int] = Counter()  # each thread's sampled touches of all of its process's groups
+        for g in process.page_groups:
+            thread_touches.update({tid: c for tid, c in g.touches.items() if c > 0})
         for group in sorted(process.page_groups, key=lambda g: g.id):
             key = _group_key(process, group)
             migrated_at = state.group_migrated_at.get(key)
             if migrated_at is not None and snapshot.time - migrated_at < config.settle_seconds:
                 continue
-            wish = _group_wish(group, runs_on, thread_node, nodes, config)
+            wish = _group_wish(group, runs_on, thread_node, thread_touches, nodes, config)
             if wish is None:
                 continue
             target, gain, why = wish
@@ -694,17 +699,25 @@ def _holds(processes: tuple[ProcessView, ...], migrating: set[ProcessKey], nodes
 
 
 def _group_wish(group: PageGroup, runs_on: set[int], thread_node: Mapping[int, int],
-                nodes: Mapping[int, NodeView], config: PolicyConfig) -> tuple[int, float, str] | None:
-    """(target node, gain, why) for a group that should move, or None."""
+                thread_touches: Mapping[int, int], nodes: Mapping[int, NodeView],
+                config: PolicyConfig) -> tuple[int, float, str] | None:
+    """(target node, gain, why) for a group that should move, or None.
+
+    With threads on several nodes, each thread's touches of the group count as the share
+    they are of all its touches: the measure CPU follows memory places threads by (a
+    thread's weight on a node is the share of its accesses there). Raw counts would let
+    a thread that touches a group most, but is mostly elsewhere, pull it away from a
+    thread that uses nothing else, which the placement then swaps onto the group's new
+    node: the two would chase each other for ever."""
     if len(runs_on) == 1:
         (node,) = runs_on
         if group.node == node:
             return None
         return node, group.pages * WEIGHT_FULL, f"its threads run on node {node}"
-    touches: Counter[int] = Counter()
+    touches: defaultdict[int, float] = defaultdict(float)
     for tid, count in sorted(group.touches.items()):
         if tid in thread_node and count > 0:
-            touches[thread_node[tid]] += count
+            touches[thread_node[tid]] += count / thread_touches[tid]
     total = sum(touches.values())
     if not total:
         return None
@@ -716,7 +729,7 @@ def _group_wish(group: PageGroup, runs_on: set[int], thread_node: Mapping[int, i
     gain = WEIGHT_FULL * (top - touches[group.node]) / total
     if gain < config.min_gain:
         return None
-    why = f"{_percent(top / total)}% of its sampled touches are from threads on node {target}"
+    why = f"{_percent(top / total)}% of its weighted sampled touches are from threads on node {target}"
     return target, group.pages * gain, why
 
 

@@ -171,13 +171,16 @@ class TaskStatsTable:
     def nodes_run_on(self, key: ProcessKey, min_share: float = MULTI_NODE_SHARE) -> set[int]:
         """Nodes where the process's threads spent at least `min_share` of their run time
         (an idle thread parked on another node does not count); before any run time is
-        measured, the nodes they sit on now."""
+        measured between two looks, the nodes they sit on now, each weighed by its
+        threads' run time so far (a starting process's idle main thread beside a busy
+        one does not count either)."""
         run = self.process_run_ns(key)
-        nodes = {n for n, share in _shares(run).items() if share >= min_share}
-        if not run:  # nothing measured yet: where the threads sit now
-            nodes.update(s.current_node for s in self._processes.get(key, {}).values()
-                         if s.current_node is not None)
-        return nodes
+        if not run:  # nothing measured between looks yet: run time so far, where the threads sit now
+            threads = [s for s in self._processes.get(key, {}).values() if s.current_node is not None]
+            ran = sum(s.last_run_ns for s in threads) > 0
+            for s in threads:
+                _add(run, s.current_node, float(s.last_run_ns) if ran else 1.0)
+        return {n for n, share in _shares(run).items() if share >= min_share}
 
 
 REGION_BYTES = 2 << 20

@@ -304,7 +304,7 @@ def test_numa02_pinned_threads_pull_their_own_slices_across():
     first, second = two_passes(machine(), numa02)
     assert first.actions == ()
     assert [(m.group_id, m.from_node, m.to_node) for m in second.actions] == [(1, 1, 0), (2, 0, 1)]
-    assert second.actions[1].reason == "94% of its sampled touches are from threads on node 1; two passes agree"
+    assert second.actions[1].reason == "94% of its weighted sampled touches are from threads on node 1; two passes agree"
 
 
 def test_pages_of_a_process_whose_threads_run_on_several_nodes_follow_the_touching_threads():
