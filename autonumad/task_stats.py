@@ -183,6 +183,25 @@ class TaskStatsTable:
         return {n for n, share in _shares(run).items() if share >= min_share}
 
 
+    def busy_thread_nodes(self, key: ProcessKey, min_share: float = MULTI_NODE_SHARE) -> set[int]:
+        """The nodes its busy threads run on: for each thread that ran at least `min_share`
+        as much as its busiest thread, the node it ran on most (before run time is measured
+        between two looks: its run time so far, and the node it sits on). One busy
+        thread that the scheduler moved between nodes counts once: it has no other
+        thread to share its memory with."""
+        threads = [s for s in self._processes.get(key, {}).values() if s.current_node is not None]
+        measured = any(s.run_ns for s in threads)
+        run = {s.tid: (sum(s.run_ns.values()) if measured else float(s.last_run_ns)) for s in threads}
+        most = max(run.values(), default=0.0)
+        if not most:
+            return set()
+        nodes = set()
+        for s in threads:
+            if run[s.tid] >= min_share * most:
+                nodes.add(_argmax(s.run_ns) if measured and s.run_ns else s.current_node)
+        return nodes
+
+
 REGION_BYTES = 2 << 20
 """Write samples are also kept per 2 MiB region, so that memory follows the threads that
 write it even inside one mapping (numa02: one buffer, a slice per thread)."""
@@ -309,7 +328,7 @@ class WriteFaultSampler:
             if key in self._armed or (key in self._last_armed
                                       and now - self._last_armed[key] < self.rearm_after_s):
                 continue
-            if len(self.tasks.nodes_run_on(key)) > 1:
+            if len(self.tasks.busy_thread_nodes(key)) > 1:
                 self._arm(key, now)
                 break
 

@@ -354,3 +354,20 @@ def test_forget_closes_an_armed_sampler():
     assert len(calls.closed) == 1
     s.close()
     assert len(calls.closed) == 1
+
+
+def test_busy_thread_nodes_count_busy_threads_once_each_and_not_idle_ones():
+    t = TaskStatsTable(CPU_NODES)
+    # first sight: a busy toucher on node 1 beside the idle main thread on node 0
+    t.observe(KEY, [snap(101, 0, 30), snap(102, 2, 2000)])
+    assert t.busy_thread_nodes(KEY) == {1}
+    # one busy thread the scheduler moved from node 1 to node 0: still one node
+    t.observe(KEY, [snap(101, 0, 31), snap(102, 0, 3000)])
+    t.observe(KEY, [snap(101, 0, 32), snap(102, 2, 3900)])
+    assert len(t.busy_thread_nodes(KEY)) == 1 and t.nodes_run_on(KEY) == {0, 1}
+    # numa02: two busy threads, one on each node
+    other = ProcessKey(200, 7)
+    t.observe(other, [snap(201, 0, 900), snap(202, 2, 950)])
+    assert t.busy_thread_nodes(other) == {0, 1}
+    t.observe(other, [snap(201, 1, 1900), snap(202, 3, 1950)])
+    assert t.busy_thread_nodes(other) == {0, 1}
