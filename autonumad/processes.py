@@ -265,6 +265,10 @@ def find_processes(files: KernelFiles, wanted: str, own_pid: int | None = None) 
 
 
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+RSS_SETTLED = 0.02
+"""A new process's RSS that changed by at most this share between two calls has settled:
+the job has placed its memory (a pass while it is still first-touching it would look at
+threads and pages about to change, and spend the CPU ceiling's allowance on them)."""
 
 
 class NewProcessWatch:
@@ -274,8 +278,9 @@ class NewProcessWatch:
     a job that starts meanwhile would wait out that sleep before its first look. Each
     second of the sleep the daemon calls `check`, which lists /proc and reads the
     stat file of PIDs the last pass did not see (at most `max_reads` a call, so process
-    churn costs little), and answers the first one whose RSS reached `min_rss_kb`;
-    the daemon then starts its next pass at once. Kernel threads, zombies and
+    churn costs little), and answers the first one whose RSS reached `min_rss_kb` and
+    has settled (changed by at most RSS_SETTLED since the previous call); the daemon
+    then starts its next pass at once. Kernel threads, zombies and
     processes it may not read are not read again; small new ones are read again on
     later calls, since a job grows while it starts.
     """
@@ -288,11 +293,13 @@ class NewProcessWatch:
         self.max_reads = max_reads
         self._known: set[int] = set()
         self._ignored: set[int] = set()
+        self._rss_kb: dict[int, int] = {}  # new PIDs' RSS at the previous call
 
     def reset(self, known_pids: set[int]) -> None:
         """After a pass: the PIDs it saw."""
         self._known = set(known_pids)
         self._ignored.clear()
+        self._rss_kb.clear()
 
     def check(self) -> int | None:
         """A new PID big enough to balance now, or None."""
@@ -310,6 +317,9 @@ class NewProcessWatch:
                 continue
             if stat.is_kernel_thread or stat.state in ("Z", "X"):
                 self._ignored.add(pid)
-            elif stat.rss_pages * PAGE_KB >= self.min_rss_kb:
+                continue
+            rss_kb = stat.rss_pages * PAGE_KB
+            before, self._rss_kb[pid] = self._rss_kb.get(pid), rss_kb
+            if rss_kb >= self.min_rss_kb and before is not None and abs(rss_kb - before) <= rss_kb * RSS_SETTLED:
                 return pid
         return None

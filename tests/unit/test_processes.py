@@ -237,8 +237,11 @@ def test_new_process_watch_answers_a_new_pid_once_its_rss_reaches_the_threshold(
     shutil.copytree(tree / "proc" / str(MIXED), tree / "proc" / str(new))
     set_stat_fields(tree, new, f24=1000)  # 4 MB: not yet
     assert watch.check() is None
-    set_stat_fields(tree, new, f24=64 * 256)  # 64 MB: a job has started
-    assert watch.check() == new
+    set_stat_fields(tree, new, f24=64 * 256)  # 64 MB: a job is placing its memory
+    assert watch.check() is None
+    set_stat_fields(tree, new, f24=80 * 256)
+    assert watch.check() is None
+    assert watch.check() == new  # 80 MB again: its memory is placed, it starts working
     watch.reset(discovery.discover() and discovery.seen_pids)
     assert new in discovery.seen_pids and watch.check() is None
 
