@@ -93,7 +93,7 @@ systemctl daemon-reload
 echo "MARK numa_balancing at boot: $(sysctl -n kernel.numa_balancing)"
 echo "MARK perf_event_paranoid at boot: $(sysctl -n kernel.perf_event_paranoid)"
 systemd-analyze verify /etc/systemd/system/autonumad.service && echo "MARK verify passed"
-"""),
+""", timeout=300),  # systemd-analyze verify loads every unit: over 120 s under TCG at times
     Check("start", PRELUDE + """\
 systemctl start autonumad.service; echo "MARK start exited $?"
 echo "MARK type=$(show Type) active=$(show ActiveState)/$(show SubState) watchdog_usec=$(show WatchdogUSec)"
@@ -293,7 +293,9 @@ def test_decisions_reach_the_journal_as_structured_fields_and_status_answers(lif
         assert d["ACTION"] in ("move", "exchange", "migrate"), d
         assert d["TARGET_PID"] in pids, d  # only the workload is worth balancing here
         assert d["TARGET_COMM"] and d["REASON"] and d["RESULT"], d
-        assert d["FROM_NODE"] in ("0", "1") and d["TO_NODE"] in ("0", "1") and d["FROM_NODE"] != d["TO_NODE"], d
+        assert d["FROM_NODE"] in ("0", "1") and d["TO_NODE"] in ("0", "1"), d
+        # a move to the node it runs on is a hold: the thread kept there while its memory comes
+        assert d["FROM_NODE"] != d["TO_NODE"] or d["REASON"].startswith("holds it on node"), d
     assert any(d["RESULT"] == "done" or d["RESULT"].startswith("done") for d in decisions), decisions
     assert re.search(r"^\s+TARGET_PID=\d+$", out, re.M) and re.search(r"^\s+ACTION=\w+$", out, re.M), out
     assert mark(out, "autonumactl status exited") == "0", out
