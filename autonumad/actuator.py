@@ -19,6 +19,17 @@ kernel's affinity as its own nor takes it for someone else's pin. An affinity se
 here whose CPUs are only partly offline is still ours: it is compared as seen
 through the online CPUs.
 
+Inherited pins: a thread created by a thread the actuator pinned, and a process
+forked by one, start with that pin. Taken for someone else's pin, they would never
+be balanced and never restored (not even on daemon stop): a busy launcher pinned
+once would leave every job it starts afterwards on one node. So the actuator keeps
+each pin it set with the original it replaced (`lineage`, per process, for as long
+as the process lives, also after the pin itself was restored), and
+`adopt_inherited` records a thread showing exactly such a pin of its own process or
+of an ancestor as the actuator's, with that original: it is then balanced and
+restored like the pins set here. A pin a user sets that equals one of the
+actuator's, in a process or a descendant of one it pinned, is taken for inherited.
+
 PID reuse between decision and action is checked with the process start time
 before and after each action; an action that turns out to have hit a new process
 is undone (affinity put back, pages moved back) and counted. Vanished processes
@@ -105,6 +116,12 @@ class Actuator:
     state_file: StateFile | None
     rate_limit: MigrationRateLimit
     counters: Counter = field(default_factory=Counter)
+    lineage: dict[tuple[int, int], dict[frozenset[int], frozenset[int]]] = field(default_factory=dict)
+    """(pid, start time) -> {a pin set on one of its threads: the original it replaced}."""
+
+    def __post_init__(self) -> None:
+        for key, record in self.state.affinities.items():  # a restarted daemon's pins
+            self.lineage.setdefault((key.pid, key.start_time), {})[record.applied] = record.original
 
     # ---- task moves -------------------------------------------------------------------
     def move_task(self, pid: int, start_time: int, tid: int, to_node: int, comm: str = "") -> str:
@@ -142,7 +159,36 @@ class Actuator:
             self.counters["pid_reuse_undone"] += 1
             return "undone: PID reused during the move"
         self.counters["task_moves"] += 1
+        self.lineage.setdefault((pid, start_time), {})[cpus] = original
         return "done"
+
+    # ---- inherited pins ----------------------------------------------------------------
+    def adopt_inherited(self, key: ThreadKey, affinity: frozenset[int], comm: str,
+                        sources: Sequence[tuple[int, int]]) -> tuple[int, AffinityRecord] | None:
+        """Record `affinity` of thread `key` as ours if it is a pin we set on a thread of one of
+        `sources` (its own process first, then its ancestors, as (pid, start time)); returns
+        (the source's pid, the new record), or None when it is no pin of ours."""
+        online = self._online_cpus()
+        for source in sources:
+            for applied, original in self.lineage.get(source, {}).items():
+                if _seen(applied, online) == affinity:
+                    record = AffinityRecord(original, applied, comm)
+                    self.state.affinities[key] = record
+                    self.lineage.setdefault((key.pid, key.start_time), {})[applied] = original
+                    self._save()
+                    self.counters["inherited_pins_adopted"] += 1
+                    return source[0], record
+        return None
+
+    def prune_lineage(self) -> None:
+        """Drop the pins remembered for processes that have exited."""
+        for pid, start_time in list(self.lineage):
+            try:
+                alive = self.ops.start_time(pid) == start_time
+            except OSError:
+                continue
+            if not alive:
+                del self.lineage[(pid, start_time)]
 
     def _undo_affinity(self, key: ThreadKey, cpus: frozenset[int]) -> None:
         try:

@@ -46,9 +46,9 @@ from autonumad.placement_advice import advise
 from autonumad.plan import ExchangeTasks, MigratePages, MoveTask, Plan, PolicyState
 from autonumad.policy import PolicyConfig, plan_pass
 from autonumad.policy_snapshot import GroupRange, SnapshotBuilder, node_mb, process_locality
-from autonumad.processes import NewProcessWatch, ProcessDiscovery, ProcessFilter, ProcessKey
+from autonumad.processes import NewProcessWatch, ProcessDiscovery, ProcessFilter, ProcessInfo, ProcessKey
 from autonumad.scan_pacing import ScanBudget
-from autonumad.state_file import DaemonState, StateFile
+from autonumad.state_file import DaemonState, StateFile, ThreadKey
 from autonumad.systemd_notify import Notifier
 from autonumad.task_stats import TaskStatsTable, WriteFaultSampler
 from autonumad.topology import Topology, describe_cpu_changes, read_topology
@@ -69,6 +69,8 @@ STUCK_GROUP_RETRY_S = 120.0
 """A page group none of whose pages would move is not tried again for this long."""
 CPU_CREDIT_WINDOW_S = 30.0
 """The CPU ceiling holds over this window: a quiet daemon may spend its credit at once."""
+MAX_PIN_ANCESTORS = 8
+"""How far up its parents a process's narrowed affinity is traced to a pin of ours it inherited."""
 
 
 class _Interrupted(Exception):
@@ -150,6 +152,9 @@ class Daemon:
         self.server: ControlServer | None = None
         self.managed_keys: list[ProcessKey] = []
         self.stuck_groups: dict[tuple[int, int, int], float] = {}
+        self._not_inherited: dict[ThreadKey, frozenset[int]] = {}
+        """Threads whose narrowed affinity was traced last pass and is no pin of ours."""
+        self._not_inherited_next: dict[ThreadKey, frozenset[int]] = {}
 
     # ------------------------------------------------------------------ set-up and tear-down
     def _load_state(self) -> DaemonState:
@@ -310,6 +315,7 @@ class Daemon:
         self._follow_topology(read_topology(self.files))
         found = self.discovery.discover()
         self._forget(found.left)
+        self.actuator.prune_lineage()
         self.managed_keys = [info.key for info in found.processes]
         observed = []
         for info in found.processes:
@@ -328,7 +334,8 @@ class Daemon:
                 now, procfs.read_uptime(self.files), self.topology, observed, self._affinity,
                 self._owned_affinity, self.config.respect.user_affinity, self.config.respect.user_mempolicy,
                 skip_groups=self.stuck_groups.keys(), regions=self.sampler.regions,
-                node_busy=self._node_busy())
+                node_busy=self._node_busy(), inherited_pin=self._inherited_pin)
+            self._not_inherited, self._not_inherited_next = self._not_inherited_next, {}
             plan = plan_pass(snapshot, self.policy_state, self._pass_policy_config())
             self.policy_state = plan.state
             lines = self.apply(plan)
@@ -397,6 +404,48 @@ class Daemon:
     def _owned_affinity(self, key: ProcessKey, tid: int) -> frozenset[int] | None:
         record = self.actuator.owned_affinity(key.pid, key.start_time, tid)
         return record.applied if record else None
+
+    def _inherited_pin(self, info: ProcessInfo, tid: int, affinity: frozenset[int]) -> frozenset[int] | None:
+        """The pin thread `tid` inherited from a thread this daemon pinned (its own process's,
+        or its parent's when it was forked), now recorded as ours; None if it is no pin of ours."""
+        if self.dry_run or not self.actuator.lineage:
+            return None
+        key = ThreadKey(info.pid, info.key.start_time, tid)
+        if self._not_inherited.get(key) == affinity:
+            self._not_inherited_next[key] = affinity
+            return None
+        found = self.actuator.adopt_inherited(key, affinity, info.comm, self._pin_sources(info, affinity))
+        if found is None:
+            self._not_inherited_next[key] = affinity
+            return None
+        source, record = found
+        if source == info.pid:
+            log.debug("pid %d (%s) tid %d inherited autonumad's pin to CPUs %s from the thread that "
+                      "created it: autonumad balances it and restores it", info.pid, info.comm, tid,
+                      format_list(sorted(record.applied)))
+        else:
+            log.info("pid %d (%s) tid %d inherited autonumad's pin to CPUs %s from pid %d, which it was "
+                     "forked from: autonumad balances it and restores it to CPUs %s", info.pid, info.comm,
+                     tid, format_list(sorted(record.applied)), source, format_list(sorted(record.original)))
+        return record.applied
+
+    def _pin_sources(self, info: ProcessInfo, affinity: frozenset[int]) -> list[tuple[int, int]]:
+        """The process, then its ancestors as far as they show the same affinity (the one that
+        does not may have passed it on from a thread other than its main one), as (pid, start time)."""
+        sources = [(info.pid, info.key.start_time)]
+        pid = info.ppid
+        for _ in range(MAX_PIN_ANCESTORS):
+            if pid <= 1:
+                break
+            try:
+                stat = procfs.read_stat(self.files, pid)
+            except (OSError, ValueError):
+                break
+            sources.append((pid, stat.start_time_ticks))
+            if self._affinity(pid) != affinity:
+                break
+            pid = stat.ppid
+        return sources
 
     # ------------------------------------------------------------------ acting
     def apply(self, plan: Plan) -> list[str]:

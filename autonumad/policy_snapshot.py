@@ -14,7 +14,9 @@ things the statistics do not say by themselves:
   the online CPUs and it is not an affinity this daemon set (the state file says
   which ones are ours, seen through the online CPUs as sched_getaffinity shows
   them, so ours stays ours when some of its CPUs go offline); with
-  `[respect] user_affinity = false` nothing counts as pinned;
+  `[respect] user_affinity = false` nothing counts as pinned; a narrowed affinity
+  that is not ours is first offered to `inherited_pin`, which makes it ours if the
+  thread inherited it from a thread this daemon pinned (see the actuator);
 - whether its affinity holds it on the node it runs on (`held`: no CPU of
   another node in it), so the policy knows which threads the kernel may take
   elsewhere;
@@ -76,7 +78,9 @@ class SnapshotBuilder:
               owned_affinity: Callable[[ProcessKey, int], frozenset[int] | None], respect_affinity: bool,
               respect_mempolicy: bool, skip_groups: Collection[tuple[int, int, int]] = (),
               regions: Mapping[ProcessKey, Mapping[int, RegionTouches]] | None = None,
-              node_busy: Mapping[int, float] | None = None) -> tuple[Snapshot, dict[tuple[int, int], dict[int, GroupRange]]]:
+              node_busy: Mapping[int, float] | None = None,
+              inherited_pin: Callable[[ProcessInfo, int, frozenset[int]], frozenset[int] | None] | None = None,
+              ) -> tuple[Snapshot, dict[tuple[int, int], dict[int, GroupRange]]]:
         online = frozenset(topology.cpus_online)
         views: list[ProcessView] = []
         groups: dict[tuple[int, int], dict[int, GroupRange]] = {}
@@ -97,6 +101,8 @@ class SnapshotBuilder:
                 affinity = affinity_of(t.tid)
                 narrowed = affinity is not None and not affinity >= online
                 owned = owned_affinity(key, t.tid)
+                if narrowed and owned is None and inherited_pin is not None and affinity is not None:
+                    owned = inherited_pin(info, t.tid, affinity)
                 pinned = respect_affinity and narrowed and (owned is None or owned & online != affinity)
                 held = affinity is None or affinity <= frozenset(topology.nodes[t.current_node].cpus)
                 tasks.append(TaskView(

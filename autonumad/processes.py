@@ -63,6 +63,7 @@ class ProcessInfo:
     cpu_ticks: int         # utime + stime, cumulative
     cpu_percent: float     # percent of one CPU, see the module docstring
     cgroup: str
+    ppid: int = 0          # the parent's PID (0: not known)
 
     @property
     def pid(self) -> int:
@@ -251,7 +252,7 @@ class ProcessDiscovery:
             key=key, comm=stat.comm, exe_name=exe_name, uid=uid, user=self._users[uid],
             rss_kb=status.vm_rss_kb + status.hugetlb_kb, num_threads=stat.num_threads,
             cpu_ticks=stat.cpu_ticks, cpu_percent=cpu_percent,
-            cgroup=procfs.cgroup_path(procfs.read_cgroup(self.files, pid)))
+            cgroup=procfs.cgroup_path(procfs.read_cgroup(self.files, pid)), ppid=stat.ppid)
 
 
 def find_processes(files: KernelFiles, wanted: str, own_pid: int | None = None) -> list[ProcessInfo]:

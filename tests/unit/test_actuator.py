@@ -267,3 +267,53 @@ def test_the_record_of_an_exited_thread_whose_cpus_went_offline_is_dropped(tmp_p
     k.take_offline(2, 3)
     assert act.forget_broken_affinities() == []
     assert act.state.affinities == {} and act.counters["affinities_reset_by_kernel"] == 0
+
+
+def test_a_thread_created_by_a_pinned_thread_inherits_the_pin_and_is_adopted_with_its_original(tmp_path):
+    k = FakeKernel()
+    act = make(tmp_path, k)
+    act.move_task(100, 5000, 101, 1, "app")
+    k.affinity[103] = k.affinity[101]  # created by 101 after the move: the kernel copies its mask
+    found = act.adopt_inherited(ThreadKey(100, 5000, 103), frozenset({2, 3}), "app", [(100, 5000)])
+    assert found is not None and found[0] == 100
+    rec = StateFile(str(tmp_path / "state.json")).load().affinities[ThreadKey(100, 5000, 103)]
+    assert rec.original == {0, 1, 2, 3} and rec.applied == {2, 3}
+    assert act.counters["inherited_pins_adopted"] == 1
+    assert act.restore() == 2 and k.affinity[103] == {0, 1, 2, 3}
+
+
+def test_a_child_forked_by_a_pinned_process_is_adopted_even_after_the_parents_pin_was_restored(tmp_path):
+    k = FakeKernel()
+    act = make(tmp_path, k)
+    act.move_task(100, 5000, 101, 1, "launcher")
+    k.affinity[201] = k.affinity[101]  # forked by 101 while pinned
+    k.start[200] = 6000
+    assert act.restore_process(100, 5000) == 1  # the launcher left autonumad's care
+    found = act.adopt_inherited(ThreadKey(200, 6000, 201), frozenset({2, 3}), "job", [(200, 6000), (100, 5000)])
+    assert found is not None and found[0] == 100
+    assert act.restore() == 1 and k.affinity[201] == {0, 1, 2, 3}
+
+
+def test_a_pin_that_is_none_of_ours_is_not_adopted(tmp_path):
+    k = FakeKernel()
+    act = make(tmp_path, k)
+    act.move_task(100, 5000, 101, 1)
+    k.start[200] = 6000
+    k.affinity[201] = frozenset({1})
+    assert act.adopt_inherited(ThreadKey(200, 6000, 201), frozenset({1}), "job", [(200, 6000), (100, 5000)]) is None
+    assert act.adopt_inherited(ThreadKey(200, 6000, 201), frozenset({2, 3}), "job", [(200, 6000)]) is None
+    assert ThreadKey(200, 6000, 201) not in act.state.affinities
+
+
+def test_the_pins_remembered_for_an_exited_process_are_dropped_and_a_restart_remembers_the_recorded_ones(tmp_path):
+    k = FakeKernel()
+    act = make(tmp_path, k)
+    act.move_task(100, 5000, 101, 1)
+    fresh = Actuator(k, lambda n: NODE_CPUS[n], StateFile(str(tmp_path / "state.json")).load(),
+                     StateFile(str(tmp_path / "state.json")), MigrationRateLimit(10, 100))
+    assert fresh.lineage == {(100, 5000): {frozenset({2, 3}): frozenset({0, 1, 2, 3})}}
+    act.prune_lineage()
+    assert (100, 5000) in act.lineage
+    k.start[100] = 7000  # exited, PID reused
+    act.prune_lineage()
+    assert act.lineage == {}

@@ -72,6 +72,22 @@ def test_a_narrowed_affinity_is_a_user_pin_unless_the_daemon_set_it():
     assert not snap.processes[0].user_pinned
 
 
+def test_a_narrowed_affinity_is_offered_as_an_inherited_pin_before_it_counts_as_a_user_pin():
+    node1 = frozenset(TOPO.nodes[1].cpus)
+    asked = []
+
+    def inherited(process, tid, affinity):
+        asked.append((process.pid, tid, affinity))
+        return affinity if tid == 102 else None
+
+    snap, _ = build(SnapshotBuilder(), 1.0, [thread(101, 1), thread(102, 1)], affinity=lambda tid: node1,
+                    inherited_pin=inherited)
+    assert {t.tid: t.user_pinned for t in snap.processes[0].tasks} == {101: True, 102: False}
+    assert [tid for _, tid, _ in asked] == [101, 102] and all(a == node1 for _, _, a in asked)
+    build(SnapshotBuilder(), 1.0, [thread(101, 1)], inherited_pin=inherited)  # not narrowed: not asked
+    assert len(asked) == 2
+
+
 def test_the_daemons_affinity_stays_its_own_when_some_of_its_cpus_go_offline():
     node1 = frozenset(TOPO.nodes[1].cpus)  # 2-3, as the daemon set it
     cpu3_offline = replace(TOPO, cpus_online=(0, 1, 2), cpus_offline=(3,),

@@ -69,6 +69,9 @@ class Daemon:
         if not os.path.exists(self.conf):
             with open(self.conf, "w") as f:
                 f.write(config.format(tmp=tmp))
+                # The test runner is no workload: pinned by the daemon while it starts one, it
+                # would hand the pin to the workload, which takes its affinity as the CPUs it may use.
+                f.write(f"\n[processes]\nexclude_pids = [{os.getpid()}]\n")
         self.log_path = f"{tmp}/{log_name}"
         self.balancing_before = open("/proc/sys/kernel/numa_balancing").read().strip()
         with open(self.log_path, "w") as log:
