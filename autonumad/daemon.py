@@ -66,7 +66,9 @@ WAKE_MIN_RSS_MB = 16
 """A process new since the last pass ends the sleep between passes once its RSS reaches
 the larger of this and [policy] min_rss_mb (NewProcessWatch)."""
 STUCK_GROUP_RETRY_S = 120.0
-"""A page group none of whose pages would move is not tried again for this long."""
+"""A page group none or few of whose pages would move is not tried again for this long."""
+STUCK_MOVED_SHARE = 0.5
+"""A page group of which fewer than this share of the pages tried moved counts as stuck."""
 CPU_CREDIT_WINDOW_S = 30.0
 """The CPU ceiling holds over this window: a quiet daemon may spend its credit at once."""
 MAX_PIN_ANCESTORS = 8
@@ -253,6 +255,9 @@ class Daemon:
                     self.run_pass()
                     self.notifier.status(self.status_line())
                     self.budget.scan_sleep_pass_millisecs = self._pass_interval_ms()
+                    log.debug("pass %d: %.2f s, %d processes, %d actions; next in %.1f s or more (CPU ceiling)",
+                              self.counters["passes"], self.last_pass.duration_s, self.last_pass.processes,
+                              self.last_pass.actions, self.budget.scan_sleep_pass_millisecs / 1000)
                     self.new_processes.reset(self.discovery.seen_pids)
                     self.new_processes.min_rss_kb = self._wake_rss_kb()
                     self._between_passes = True
@@ -555,8 +560,11 @@ class Daemon:
                 # the group moved (a few busy pages aside): its sampled writes now sit on the new node
                 self.sampler.note_moved(ProcessKey(m.pid, m.start_time), group.start, group.end,
                                         m.from_node, m.to_node)
-            if n == 0 and not group_result.startswith("deferred"):
-                # shared (EACCES), busy or already gone: leave this group alone for a while
+            tried_here = sum(1 for a in group_addrs if a in tried_set)
+            if not group_result.startswith("deferred") and (n == 0 or n < STUCK_MOVED_SHARE * tried_here):
+                # shared (EACCES), busy or already gone, all or most of it: leave this group
+                # alone for a while (retrying it would keep the daemon scanning at its active
+                # pace for pages that do not move)
                 self.stuck_groups[(m.pid, m.start_time, m.group_id)] = time.monotonic() + STUCK_GROUP_RETRY_S
             results[m] = f"{group_result}, {n} pages moved"
         return results

@@ -26,10 +26,13 @@ injectable: tests use a fake clock, the daemon an interruptible wait.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+log = logging.getLogger("autonumad.scan_pacing")
 
 
 @dataclass
@@ -128,6 +131,9 @@ class ScanBudget:
         pause = max(base, balance / ceiling)
         self._balance = max(-credit, balance - ceiling * pause)
         self.throttled = pause > base
+        if self.throttled:
+            log.debug("pause %.1f s instead of %.1f s: %.2f CPU s in the last %.1f s, over the %g%% ceiling",
+                      pause, base, cpu, wall, self.cpu_ceiling_percent)
         self._pausing = (balance, pause)  # for cut_pause_short
         self.sleep(pause)
         self.counters.pauses += 1

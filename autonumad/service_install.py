@@ -43,6 +43,8 @@ RECORD_FORMAT = 1
 DIRECTORIES = {"/etc": 0o755, "/etc/systemd": 0o755, "/etc/systemd/system": 0o755,
                "/var": 0o755, "/var/lib": 0o755, constants.STATE_DIR: 0o700}
 SYSTEMD_RUNNING_MARK = "/run/systemd/system"
+PRIVATE_TMP_DIRS = ("/tmp", "/var/tmp")
+"""The unit's PrivateTmp=yes gives the service empty ones of its own: a daemon under them is not there."""
 
 
 class InstallError(Exception):
@@ -128,6 +130,13 @@ def read_record(root: str) -> dict[str, Any] | None:
 
 def install_plan(root: str, unit_text: str, config_text: str, executable: str) -> list[Step]:
     """Steps that install the unit and, if absent, the example config under `root`."""
+    for path in dict.fromkeys((executable, os.path.realpath(executable))):
+        hidden = next((d for d in PRIVATE_TMP_DIRS if path == d or path.startswith(d + "/")), None)
+        if hidden:
+            raise InstallError(f"the daemon {executable} is under {hidden}: the unit runs it with PrivateTmp=yes, "
+                               f"which gives the service an empty {hidden} of its own, so it could not start. "
+                               f"Install autonumad outside /tmp and /var/tmp (for example a venv under /opt); "
+                               f"nothing changed")
     record = read_record(root) or {"files": {}, "directories": []}
     files: dict[str, str] = dict(record["files"])
     created: list[str] = list(record["directories"])

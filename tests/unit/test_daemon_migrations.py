@@ -51,6 +51,15 @@ def test_groups_of_one_process_between_two_nodes_move_in_one_batch(tmp_path, cap
     assert (10, 77, 3) in d.stuck_groups and (10, 77, 1) not in d.stuck_groups
 
 
+def test_a_group_most_of_whose_pages_are_refused_is_set_aside_too(tmp_path):
+    d = make_daemon(tmp_path)
+    d.actuator.ops = FakeOps(refuse=set(range(REGION, REGION + 500 * PAGE, PAGE)))  # shared after fork
+    d.groups = {(10, 77): {1: GroupRange(REGION, 2 * REGION, 1), 2: GroupRange(2 * REGION, 3 * REGION, 1)}}
+    lines = d.apply(Plan((migration(1), migration(2)), d.policy_state))
+    assert lines[0].endswith("[done, 12 pages moved]") and lines[1].endswith("[done, 512 pages moved]")
+    assert (10, 77, 1) in d.stuck_groups and (10, 77, 2) not in d.stuck_groups
+
+
 def test_a_group_with_nothing_left_on_its_node_is_done_and_its_regions_follow(tmp_path):
     from autonumad.processes import ProcessKey
     from autonumad.task_stats import RegionTouches

@@ -257,3 +257,11 @@ def test_the_shipped_files_are_found_in_the_checkout_and_the_daemon_beside_pytho
     assert "@AUTONUMAD@" in find_service_file(UNIT_NAME).read_text()
     assert find_service_file(EXAMPLE_CONFIG_NAME).parent in (CHECKOUT_DIR, PACKAGE_DATA_DIR)
     assert os.path.isabs(find_daemon_executable())
+
+
+@pytest.mark.parametrize("executable", ["/tmp/venv/bin/autonumad", "/var/tmp/x/autonumad"])
+def test_install_refuses_a_daemon_under_a_directory_the_units_private_tmp_hides(tmp_path, capsys, executable):
+    rc = main(["service", "install", "--root", str(tmp_path / "img"), "--executable", executable])
+    out, err = capsys.readouterr()
+    assert rc != 0 and f"the daemon {executable} is under " in err and "PrivateTmp=yes" in err, (out, err)
+    assert not os.path.exists(tmp_path / "img" / "etc")
