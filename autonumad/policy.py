@@ -58,6 +58,10 @@ fill the rest. The choice ignores settling, so it holds still while threads sett
 and unsettle (the property test found a swap back and forth when it did not). The
 sets are chosen before the assignment, not jointly with it: a spanning process
 may displace a smaller process from its memory node, whose memory then follows.
+Such a process's threads that are where they should be (on a node of its set, not
+crowded) but free to leave (not `held`) are held there (a `MoveTask` to the node
+they run on): otherwise the kernel's scheduler moves them about and stacks two on
+one CPU.
 
 Memory follows CPU
 ------------------
@@ -349,7 +353,29 @@ def _plan_placement(snapshot: Snapshot, settled: set[TaskKey], config: PolicyCon
             if movers[i].base[b] > movers[i].base[a]:
                 settled_now[movers[i].key] = snapshot.time
     moving = frozenset(_process_key(movers[i].process) for piece in worth for i, _, _ in piece.moves)
+    actions += _span_holds(unpinned, spans, actions, load, cpus, config)
     return _Placement(tuple(actions), moving, settled_now)
+
+
+def _span_holds(unpinned: list[tuple[ProcessView, TaskView]], spans: Mapping[ProcessKey, frozenset[int]],
+                actions: list[Action], load: Mapping[int, int], cpus: Mapping[int, int],
+                config: PolicyConfig) -> list[MoveTask]:
+    """Moves to the node they run on for the threads of processes bigger than one node that
+    are where they should be (on a node of the span, not crowded) but free to leave it: the
+    kernel's scheduler would otherwise stack them on a sibling's CPU, or take them off the span."""
+    moved = {(m.pid, m.start_time, m.tid) for a in actions
+             for m in (a.moves if isinstance(a, ExchangeTasks) else (a,)) if isinstance(m, MoveTask)}
+    holds = []
+    for process, task in unpinned:
+        span = spans.get(_process_key(process))
+        if not span or task.held or task.cpu_node not in span or load[task.cpu_node] > cpus[task.cpu_node]:
+            continue
+        if (process.pid, process.start_time, task.tid) in moved:
+            continue
+        holds.append(MoveTask(process.pid, process.start_time, task.tid, process.comm, task.cpu_node,
+                              task.cpu_node, f"holds it on node {task.cpu_node}, one of the nodes its process "
+                              f"spans ({format_list(span)}), before the kernel's scheduler takes it elsewhere"))
+    return holds[:config.max_moves_per_pass]
 
 
 def _memory_shares(process: ProcessView, task: TaskView,

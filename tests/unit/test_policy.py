@@ -289,12 +289,25 @@ def test_threads_held_or_pinned_already_are_not_held_again():
     assert moves(second) == {}
 
 
-def test_threads_of_a_process_on_several_nodes_are_not_held():
+def test_threads_of_a_process_on_several_nodes_are_not_held_for_its_memory():
     spread = process(813, [thread(813, 0, held=False), thread(814, 1, held=False)], {0: 500, 1: 500},
                      [PageGroup(7, 0, 500, {814: 50})])
-    _, second = two_passes(machine(), spread)
+    _, second = two_passes(machine(cpus=2), spread)   # fits on one node: no span
     assert [(m.from_node, m.to_node) for m in migrations(second)] == [(0, 1)]
     assert moves(second) == {}
+
+
+def test_threads_of_a_process_bigger_than_a_node_are_held_on_the_nodes_it_spans():
+    spread = process(813, [thread(813, 0, held=False), thread(814, 1, held=False), thread(815, 2)],
+                     {0: 500, 1: 500}, [PageGroup(7, 0, 500, {814: 50})])
+    first = plan(machine(count=3), spread)
+    holds = {a.tid: a for a in first.actions if isinstance(a, MoveTask)}
+    assert {tid: (m.from_node, m.to_node) for tid, m in holds.items()} == {813: (0, 0), 814: (1, 1)}
+    assert "one of the nodes its process spans (0-2)" in holds[813].reason
+    assert first.state.task_moved_at == {}
+    # held now (and 815 already was): nothing more to do
+    held = process(813, [thread(813, 0), thread(814, 1), thread(815, 2)], {0: 500, 1: 500})
+    assert moves(plan(machine(count=3), held, state=first.state)) == {}
 
 
 def test_numa02_pinned_threads_pull_their_own_slices_across():
