@@ -167,6 +167,16 @@ class Discovery:
     left: list[ProcessKey]       # admitted last time, not now (exited, PID reused or filtered out)
 
 
+@dataclass(frozen=True)
+class _Idle:
+    """A process discovery rejected on its stat file alone (below min_cpu_percent)."""
+
+    key: ProcessKey
+    comm: str
+    cpu_ticks: int
+    reason: str
+
+
 @dataclass
 class _History:
     cpu_ticks: int
@@ -208,6 +218,11 @@ class ProcessDiscovery:
                 continue
             if info is None:
                 continue
+            if isinstance(info, _Idle):
+                seen[info.key] = _History(info.cpu_ticks, now)
+                if info.key in self._admitted:
+                    log.debug("pid %d (%s) no longer balanced: %s", pid, info.comm, info.reason)
+                continue
             old_key = known_pids.get(pid)
             if old_key is not None and old_key != info.key:
                 log.debug("pid %d was reused: start time %d -> %d", pid, old_key.start_time,
@@ -226,12 +241,13 @@ class ProcessDiscovery:
         self._admitted = keys
         return Discovery(admitted, new, left)
 
-    def _read_process(self, pid: int, now: float, uptime_ticks: float) -> ProcessInfo | None:
+    def _read_process(self, pid: int, now: float, uptime_ticks: float) -> ProcessInfo | _Idle | None:
+        """The process's details; only its stat file when that shows it too idle to balance
+        (no rule admits a process below min_cpu_percent: most processes cost one read)."""
         stat = procfs.read_stat(self.files, pid)
         if stat.is_kernel_thread or stat.state in ("Z", "X"):
             return None
         key = ProcessKey(pid, stat.start_time_ticks)
-        status = procfs.read_status(self.files, pid)
         previous = self._history.get(key)
         if previous is not None and now > previous.seen_at:
             ticks = stat.cpu_ticks - previous.cpu_ticks
@@ -240,6 +256,10 @@ class ProcessDiscovery:
             ticks = stat.cpu_ticks
             seconds = max(uptime_ticks - stat.start_time_ticks, 1) / procfs.CLOCK_TICKS
         cpu_percent = 100.0 * ticks / procfs.CLOCK_TICKS / seconds
+        floor = self.filter.min_cpu_percent * (HYSTERESIS if key in self._admitted else 1.0)
+        if cpu_percent < floor:
+            return _Idle(key, stat.comm, stat.cpu_ticks, f"CPU {cpu_percent:.1f}% below {floor:g}%")
+        status = procfs.read_status(self.files, pid)
         exe_name = stat.comm
         if len(stat.comm) >= COMM_LEN:
             argv = procfs.read_cmdline(self.files, pid)

@@ -154,6 +154,26 @@ def test_thresholds_apply_to_discovery():
 
 # ---------------------------------------------------------------- filters
 
+def test_a_process_too_idle_to_balance_costs_only_its_stat_file(tree, monkeypatch, caplog):
+    clock = Clock()
+    files = KernelFiles(str(tree))
+    discovery = ProcessDiscovery(files, ProcessFilter(min_cpu_percent=1.0), clock=clock, own_pid=NOT_US)
+    discovery.discover()
+    admitted_before = {p.pid for p in discovery.discover().processes}
+    stat = procfs.read_stat(files, MIXED)
+    set_stat_fields(tree, MIXED, f14=stat.utime_ticks + procfs.CLOCK_TICKS)    # 1 s of CPU in 2 s: 50%
+    statuses = []
+    real = procfs.read_status
+    monkeypatch.setattr(procfs, "read_status", lambda f, pid: statuses.append(pid) or real(f, pid))
+    clock.now += 2.0
+    caplog.set_level(logging.DEBUG, logger="autonumad")
+    d = discovery.discover()
+    assert [p.pid for p in d.processes] == [MIXED] and statuses == [MIXED]  # the idle ones: stat only
+    assert sorted(k.pid for k in d.left) == sorted(admitted_before - {MIXED})
+    assert "no longer balanced: CPU 0.0% below 0.5%" in caplog.text
+    assert discovery.seen_pids >= set(USER_PIDS)
+
+
 def test_patterns_glob_and_regex_in_full():
     assert compile_pattern("post*")("postgres")
     assert not compile_pattern("post*")("xpostgres")
