@@ -243,6 +243,7 @@ class Daemon:
         log.info("autonumad %s started%s: %d nodes; %s", __version__, " (dry run)" if self.dry_run else "",
                  len(self.topology.node_ids), reason or "balancing")
         self.notifier.ready(self.status_line())
+        self.budget.restart_window()
         try:
             while not self.stop_event.is_set():
                 if self.reload_requested:

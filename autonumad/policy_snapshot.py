@@ -183,11 +183,17 @@ def region_groups(regions: Mapping[int, RegionTouches], skip: Collection[int]
 
 def process_locality(view: ProcessView) -> float | None:
     """Share of the process's memory on the node each of its threads runs on, averaged
-    over its threads (what the workload tool measures from inside)."""
+    over its threads weighted by how busy each is (what the workload tool measures from
+    inside: an idle main thread waiting on another node does not make a process misplaced);
+    over all its threads alike when none was seen running."""
     total = sum(view.node_pages.values())
     if not total or not view.tasks:
         return None
-    return sum(view.node_pages.get(t.cpu_node, 0) for t in view.tasks) / total / len(view.tasks)
+    weights = [t.runnable_weight for t in view.tasks]
+    if sum(weights) <= 0:
+        weights = [1.0] * len(view.tasks)
+    local = sum(w * view.node_pages.get(t.cpu_node, 0) for w, t in zip(weights, view.tasks))
+    return local / total / sum(weights)
 
 
 def node_mb(node_pages: Mapping[int, float], page_size: int = 4096) -> dict[str, float]:

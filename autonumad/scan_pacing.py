@@ -73,6 +73,13 @@ class ScanBudget:
         self._window_wall = clock()
         self._window_cpu = cpu_clock()
 
+    def restart_window(self) -> None:
+        """Count from now: the daemon's start-up (imports, socket, sysctls) is no scanning
+        work, and counted it would stretch the first pauses, when balancing matters most."""
+        self._balance = 0.0
+        self._window_wall = self.clock()
+        self._window_cpu = self.cpu_clock()
+
     @classmethod
     def from_config(cls, scan: Any, **clocks: Any) -> ScanBudget:
         """From an `autonumad.config.ScanConfig` (the [scan] section)."""

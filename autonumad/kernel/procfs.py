@@ -219,6 +219,9 @@ def _policy_from_match(m: re.Match[str]) -> MemPolicy:
     return MemPolicy(m.group("mode"), nodes, m.group("flags") or "")
 
 
+_DEFAULT_POLICY = MemPolicy("default")
+
+
 def parse_numa_maps_line(line: str) -> NumaMapsEntry:
     """Parse one numa_maps line; ValueError names what is wrong with it."""
     address, _, rest = line.strip().partition(" ")
@@ -226,8 +229,10 @@ def parse_numa_maps_line(line: str) -> NumaMapsEntry:
         start = int(address, 16)
     except ValueError:
         raise ValueError(f"numa_maps line does not start with an address: {line!r}") from None
-    m = _POLICY_RE.match(rest)
-    if m:
+    if rest.startswith("default "):  # nearly every line: no regular expression
+        policy = _DEFAULT_POLICY
+        rest = rest[8:]
+    elif m := _POLICY_RE.match(rest):
         policy = _policy_from_match(m)
         rest = rest[m.end():]
     else:  # a policy this parser does not know yet: keep its spelling as the mode

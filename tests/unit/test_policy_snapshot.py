@@ -135,6 +135,14 @@ def test_own_bind_policy_is_reported():
     assert snap.processes[0].own_mempolicy
 
 
+def test_process_locality_weighs_threads_by_how_busy_they_are():
+    from autonumad.policy import ProcessView, TaskView
+    view = ProcessView(1, 2, "app", {0: 900, 1: 100}, (TaskView(1, 1, 0.01), TaskView(2, 0, 0.99)), ())
+    assert abs(process_locality(view) - (0.01 * 0.1 + 0.99 * 0.9)) < 1e-9
+    idle = ProcessView(1, 2, "app", {0: 900, 1: 100}, (TaskView(1, 1, 0.0), TaskView(2, 0, 0.0)), ())
+    assert abs(process_locality(idle) - 0.5) < 1e-9
+
+
 def test_process_locality_is_memory_on_each_threads_node():
     snap, _ = build(SnapshotBuilder(), 1.0, [thread(101, 1), thread(102, 0)])
     view = snap.processes[0]

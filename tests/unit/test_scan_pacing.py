@@ -200,3 +200,15 @@ def test_a_pause_cut_short_is_not_counted_as_slept_against_the_ceiling():
     b.take(1)
     # 0.5 s of CPU in a 0.5 s window: the ceiling stretches the pause to 0.5 / 5 % - 0.5 = 9.5 s;
     assert c.sleeps[-1] == pytest.approx(9.5) and b.throttled
+
+
+def test_restart_window_leaves_start_up_cpu_out_of_the_ceiling():
+    clock, cpu, slept = [0.0], [0.0], []
+    budget = ScanBudget(pages_to_scan=10, scan_sleep_pass_millisecs=1000, cpu_ceiling_percent=5.0,
+                        clock=lambda: clock[0], cpu_clock=lambda: cpu[0], sleep=slept.append)
+    cpu[0] = clock[0] = 2.0          # start-up: 2 CPU s
+    budget.restart_window()
+    cpu[0] += 0.01
+    clock[0] += 0.2
+    budget.end_pass()
+    assert slept == [1.0]            # no stretch for the start-up's CPU
