@@ -310,6 +310,16 @@ def test_threads_of_a_process_bigger_than_a_node_are_held_on_the_nodes_it_spans(
     assert moves(plan(machine(count=3), held, state=first.state)) == {}
 
 
+def test_a_group_written_from_two_nodes_alike_stays_whatever_the_sampling_noise():
+    def spread(n):  # group 7 on node 0 written 3:1 from node 1, group 8 on node 1 the other way
+        return process(813, [thread(813, 0), thread(814, 1)], {0: 500, 1: 500},
+                       [PageGroup(7, 0, 500, {813: n, 814: 3 * n}), PageGroup(8, 1, 500, {813: 3 * n, 814: n})])
+    _, second = two_passes(machine(), spread(1))    # 4 samples each: a lead of 0.5 is noise
+    assert migrations(second) == []
+    _, second = two_passes(machine(), spread(10))   # 40 samples each: it is not
+    assert [(m.group_id, m.to_node) for m in migrations(second)] == [(7, 1), (8, 0)]
+
+
 def test_numa02_pinned_threads_pull_their_own_slices_across():
     # Each thread pinned to its node, each slice first touched on the other node.
     numa02 = process(200, [thread(201, 0, user_pinned=True), thread(202, 1, user_pinned=True)], {0: 500, 1: 500},
