@@ -75,9 +75,9 @@ pages, so that is tried first). Pinned processes' memory follows their threads.
   thread's current node, each thread's touches counted as their share of all its
   touches: the same measure threads are placed by, so the two never chase each
   other), by at least `min_gain` per mille of the touches more than the node
-  holding it, and by more than the noise of the group's few samples (a lead of
-  two standard deviations, 2/sqrt(samples)), so a group both nodes write alike
-  stays where it is; groups no thread was seen touching stay put.
+  holding it, and, when its samples come from several nodes, by more than their
+  noise (a lead of two standard deviations, 2/sqrt(samples)), so a group both
+  nodes write alike stays where it is; groups no thread was seen touching stay put.
 A group is queued only when this pass wants the same node as the previous pass
 (AutoNUMA's last_nid filter; any other wish in between starts over), largest gains
 (pages x per-mille gain) first, within `pages_to_migrate` pages per pass (the
@@ -729,9 +729,10 @@ def _holds(processes: tuple[ProcessView, ...], migrating: set[ProcessKey], nodes
 
 
 SAMPLE_NOISE_SIGMAS = 2.0
-"""A group's sampled touches must lead the node holding it by this many standard deviations
-of the sampling noise (a lead of 1/sqrt(samples) is one for a group written from two nodes
-alike): otherwise two nodes that write a group equally would pass it back and forth."""
+"""A group whose samples come from threads on several nodes must lead the node holding it by
+this many standard deviations of the sampling noise (a lead of 1/sqrt(samples) is one for a
+group written from two nodes alike): otherwise two nodes that write a group equally would
+pass it back and forth. A group written from one node only (a numa02 slice) needs no more."""
 
 
 def _group_wish(group: PageGroup, runs_on: set[int], thread_node: Mapping[int, int],
@@ -766,7 +767,8 @@ def _group_wish(group: PageGroup, runs_on: set[int], thread_node: Mapping[int, i
     if gain < config.min_gain:
         return None
     samples = sum(c for tid, c in group.touches.items() if tid in thread_node and c > 0)
-    if (top - touches[group.node]) / total < SAMPLE_NOISE_SIGMAS / math.sqrt(samples):
+    mixed = sum(1 for c in touches.values() if c > 0) > 1
+    if mixed and (top - touches[group.node]) / total < SAMPLE_NOISE_SIGMAS / math.sqrt(samples):
         return None  # within the noise of that few samples: a group written from both nodes alike
     why = f"{_percent(top / total)}% of its weighted sampled touches are from threads on node {target}"
     return target, group.pages * gain, why

@@ -318,6 +318,10 @@ def test_a_group_written_from_two_nodes_alike_stays_whatever_the_sampling_noise(
     assert migrations(second) == []
     _, second = two_passes(machine(), spread(10))   # 40 samples each: it is not
     assert [(m.group_id, m.to_node) for m in migrations(second)] == [(7, 1), (8, 0)]
+    one_writer = process(813, [thread(813, 0), thread(814, 1)], {0: 500, 1: 500},
+                         [PageGroup(7, 0, 500, {814: 2}), PageGroup(8, 1, 500, {813: 2})])
+    _, second = two_passes(machine(), one_writer)   # written from one node only: 2 samples will do
+    assert [(m.group_id, m.to_node) for m in migrations(second)] == [(7, 1), (8, 0)]
 
 
 def test_numa02_pinned_threads_pull_their_own_slices_across():
