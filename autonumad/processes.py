@@ -40,6 +40,8 @@ from autonumad.kernel.files import AccessDenied, KernelFiles, ProcessGone, Unexp
 log = logging.getLogger(__name__)
 
 COMM_LEN = 15  # TASK_COMM_LEN - 1: comm is cut to this many characters
+KTHREAD_RECHECK_S = 30.0
+KERNEL_THREAD = "kernel thread"
 HYSTERESIS = 0.5  # an admitted process stays while above this fraction of the thresholds
 
 
@@ -195,6 +197,10 @@ class ProcessDiscovery:
         self._history: dict[ProcessKey, _History] = {}
         self._admitted: set[ProcessKey] = set()
         self._users: dict[int, str] = {}
+        self._kthreads: set[int] = set()
+        """PIDs found to be kernel threads: not read again until they leave /proc, or
+        KTHREAD_RECHECK_S passes (a PID freed and reused between two passes)."""
+        self._kthreads_checked_at = clock()
 
     def discover(self) -> Discovery:
         now = self.clock()
@@ -202,8 +208,14 @@ class ProcessDiscovery:
         seen: dict[ProcessKey, _History] = {}
         known_pids = {key.pid: key for key in self._history}
         admitted: list[ProcessInfo] = []
+        if now - self._kthreads_checked_at >= KTHREAD_RECHECK_S:
+            self._kthreads, self._kthreads_checked_at = set(), now
+        kthreads: set[int] = set()
         for pid in procfs.list_pids(self.files):
             if pid == self.own_pid:
+                continue
+            if pid in self._kthreads:
+                kthreads.add(pid)
                 continue
             try:
                 info = self._read_process(pid, now, uptime_ticks)
@@ -215,6 +227,9 @@ class ProcessDiscovery:
                 continue
             except AccessDenied as exc:
                 log.debug("pid %d: access denied (%s); skipped", pid, exc)
+                continue
+            if isinstance(info, str):  # KERNEL_THREAD
+                kthreads.add(pid)
                 continue
             if info is None:
                 continue
@@ -234,6 +249,7 @@ class ProcessDiscovery:
             elif info.key in self._admitted:
                 log.debug("pid %d (%s) no longer balanced: %s", pid, info.comm, reason)
         self._history = seen
+        self._kthreads = kthreads
         self.seen_pids = {key.pid for key in seen}
         keys = {info.key for info in admitted}
         new = sorted(keys - self._admitted)
@@ -241,11 +257,13 @@ class ProcessDiscovery:
         self._admitted = keys
         return Discovery(admitted, new, left)
 
-    def _read_process(self, pid: int, now: float, uptime_ticks: float) -> ProcessInfo | _Idle | None:
+    def _read_process(self, pid: int, now: float, uptime_ticks: float) -> ProcessInfo | _Idle | str | None:
         """The process's details; only its stat file when that shows it too idle to balance
         (no rule admits a process below min_cpu_percent: most processes cost one read)."""
         stat = procfs.read_stat(self.files, pid)
-        if stat.is_kernel_thread or stat.state in ("Z", "X"):
+        if stat.is_kernel_thread:
+            return KERNEL_THREAD
+        if stat.state in ("Z", "X"):
             return None
         key = ProcessKey(pid, stat.start_time_ticks)
         previous = self._history.get(key)

@@ -174,6 +174,24 @@ def test_a_process_too_idle_to_balance_costs_only_its_stat_file(tree, monkeypatc
     assert discovery.seen_pids >= set(USER_PIDS)
 
 
+def test_kernel_threads_are_read_once_then_again_only_after_the_recheck_interval(tree, monkeypatch):
+    from autonumad.processes import KTHREAD_RECHECK_S
+    clock = Clock()
+    files = KernelFiles(str(tree))
+    discovery = ProcessDiscovery(files, ProcessFilter(), clock=clock, own_pid=NOT_US)
+    reads = []
+    real = procfs.read_stat
+    monkeypatch.setattr(procfs, "read_stat", lambda f, pid: reads.append(pid) or real(f, pid))
+    kthread = PIDS["kthread"]
+    discovery.discover()
+    clock.now += 1
+    first = [p.pid for p in discovery.discover().processes]
+    assert reads.count(kthread) == 1 and first == USER_PIDS
+    clock.now += KTHREAD_RECHECK_S
+    discovery.discover()
+    assert reads.count(kthread) == 2
+
+
 def test_patterns_glob_and_regex_in_full():
     assert compile_pattern("post*")("postgres")
     assert not compile_pattern("post*")("xpostgres")
