@@ -23,12 +23,14 @@ Inherited pins: a thread created by a thread the actuator pinned, and a process
 forked by one, start with that pin. Taken for someone else's pin, they would never
 be balanced and never restored (not even on daemon stop): a busy launcher pinned
 once would leave every job it starts afterwards on one node. So the actuator keeps
-each pin it set with the original it replaced (`lineage`, per process, for as long
-as the process lives, also after the pin itself was restored), and
-`adopt_inherited` records a thread showing exactly such a pin of its own process or
-of an ancestor as the actuator's, with that original: it is then balanced and
-restored like the pins set here. A pin a user sets that equals one of the
-actuator's, in a process or a descendant of one it pinned, is taken for inherited.
+each pin it set with the original it replaced and when it set it (`lineage`, per
+process, for as long as the process lives, also after the pin itself was restored;
+a restarted daemon knows the pins its state file records, as set at its restart),
+and `adopt_inherited` records a thread that started after such a pin was set, of
+its own process or of an ancestor, and shows exactly that pin, as the actuator's,
+with that original: it is then balanced and restored like the pins set here. A pin
+a user gives a new thread or child that equals one of the actuator's is taken for
+inherited; pins that were there before the actuator's never are.
 
 PID reuse between decision and action is checked with the process start time
 before and after each action; an action that turns out to have hit a new process
@@ -116,12 +118,16 @@ class Actuator:
     state_file: StateFile | None
     rate_limit: MigrationRateLimit
     counters: Counter = field(default_factory=Counter)
-    lineage: dict[tuple[int, int], dict[frozenset[int], frozenset[int]]] = field(default_factory=dict)
-    """(pid, start time) -> {a pin set on one of its threads: the original it replaced}."""
+    boot_ticks: Callable[[], int] = lambda: 0
+    """Clock ticks since boot now (the unit of thread start times), for `lineage`."""
+    lineage: dict[tuple[int, int], dict[frozenset[int], tuple[frozenset[int], int]]] = field(default_factory=dict)
+    """(pid, start time) -> {a pin set on one of its threads: (the original it replaced, when it
+    was set, in ticks since boot)}."""
 
     def __post_init__(self) -> None:
-        for key, record in self.state.affinities.items():  # a restarted daemon's pins
-            self.lineage.setdefault((key.pid, key.start_time), {})[record.applied] = record.original
+        since = self.boot_ticks()  # a restarted daemon's pins: only what starts from now on inherits them
+        for key, record in self.state.affinities.items():
+            self.lineage.setdefault((key.pid, key.start_time), {})[record.applied] = (record.original, since)
 
     # ---- task moves -------------------------------------------------------------------
     def move_task(self, pid: int, start_time: int, tid: int, to_node: int, comm: str = "") -> str:
@@ -159,22 +165,25 @@ class Actuator:
             self.counters["pid_reuse_undone"] += 1
             return "undone: PID reused during the move"
         self.counters["task_moves"] += 1
-        self.lineage.setdefault((pid, start_time), {})[cpus] = original
+        self.lineage.setdefault((pid, start_time), {})[cpus] = (original, self.boot_ticks())
         return "done"
 
     # ---- inherited pins ----------------------------------------------------------------
     def adopt_inherited(self, key: ThreadKey, affinity: frozenset[int], comm: str,
-                        sources: Sequence[tuple[int, int]]) -> tuple[int, AffinityRecord] | None:
-        """Record `affinity` of thread `key` as ours if it is a pin we set on a thread of one of
-        `sources` (its own process first, then its ancestors, as (pid, start time)); returns
-        (the source's pid, the new record), or None when it is no pin of ours."""
+                        sources: Sequence[tuple[int, int]], started: int) -> tuple[int, AffinityRecord] | None:
+        """Record `affinity` of thread `key`, which started at `started` (ticks since boot), as
+        ours if it is a pin we set on a thread of one of `sources` (its own process first, then
+        its ancestors, as (pid, start time)) before the thread started: a thread older than the
+        pin cannot have inherited it. Returns (the source's pid, the new record), or None."""
+        if not affinity:
+            return None
         online = self._online_cpus()
         for source in sources:
-            for applied, original in self.lineage.get(source, {}).items():
-                if _seen(applied, online) == affinity:
+            for applied, (original, since) in self.lineage.get(source, {}).items():
+                if started >= since and _seen(applied, online) == affinity:
                     record = AffinityRecord(original, applied, comm)
                     self.state.affinities[key] = record
-                    self.lineage.setdefault((key.pid, key.start_time), {})[applied] = original
+                    self.lineage.setdefault((key.pid, key.start_time), {})[applied] = (original, started)
                     self._save()
                     self.counters["inherited_pins_adopted"] += 1
                     return source[0], record

@@ -138,7 +138,8 @@ class Daemon:
         self.actuator = Actuator(LiveKernelOps(files), self._node_cpus, self.state,
                                  None if dry_run else self.state_file,
                                  MigrationRateLimit(config.migrate.pages_to_migrate,
-                                                    config.migrate.migrate_sleep_millisecs))
+                                                    config.migrate.migrate_sleep_millisecs),
+                                 boot_ticks=self._boot_ticks)
         self.discovery = ProcessDiscovery(files, ProcessFilter.from_config(config))
         self.new_processes = NewProcessWatch(files, self._wake_rss_kb())
         self._between_passes = False
@@ -259,7 +260,7 @@ class Daemon:
                     log.debug("pass %d: %.2f s, %d processes, %d actions; next in %.1f s or more (CPU ceiling)",
                               self.counters["passes"], self.last_pass.duration_s, self.last_pass.processes,
                               self.last_pass.actions, self.budget.scan_sleep_pass_millisecs / 1000)
-                    self.new_processes.reset(self.discovery.seen_pids)
+                    self.new_processes.reset(self.discovery.seen_pids | self.discovery.kernel_thread_pids)
                     self.new_processes.min_rss_kb = self._wake_rss_kb()
                     self._between_passes = True
                     self.budget.end_pass()
@@ -407,20 +408,28 @@ class Daemon:
         except OSError:
             return None
 
+    def _boot_ticks(self) -> int:
+        try:
+            return int(procfs.read_uptime(self.files) * procfs.CLOCK_TICKS)
+        except (OSError, ValueError):
+            return 0
+
     def _owned_affinity(self, key: ProcessKey, tid: int) -> frozenset[int] | None:
         record = self.actuator.owned_affinity(key.pid, key.start_time, tid)
         return record.applied if record else None
 
-    def _inherited_pin(self, info: ProcessInfo, tid: int, affinity: frozenset[int]) -> frozenset[int] | None:
-        """The pin thread `tid` inherited from a thread this daemon pinned (its own process's,
-        or its parent's when it was forked), now recorded as ours; None if it is no pin of ours."""
+    def _inherited_pin(self, info: ProcessInfo, tid: int, affinity: frozenset[int],
+                       started: int) -> frozenset[int] | None:
+        """The pin thread `tid` (started at `started`, ticks since boot) inherited from a thread
+        this daemon pinned (of its own process, or of an ancestor it was forked from), now
+        recorded as ours; None if it is no pin of ours."""
         if self.dry_run or not self.actuator.lineage:
             return None
         key = ThreadKey(info.pid, info.key.start_time, tid)
         if self._not_inherited.get(key) == affinity:
             self._not_inherited_next[key] = affinity
             return None
-        found = self.actuator.adopt_inherited(key, affinity, info.comm, self._pin_sources(info, affinity))
+        found = self.actuator.adopt_inherited(key, affinity, info.comm, self._pin_sources(info, affinity), started)
         if found is None:
             self._not_inherited_next[key] = affinity
             return None

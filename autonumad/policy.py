@@ -357,13 +357,13 @@ def _plan_placement(snapshot: Snapshot, settled: set[TaskKey], config: PolicyCon
             if movers[i].base[b] > movers[i].base[a]:
                 settled_now[movers[i].key] = snapshot.time
     moving = frozenset(_process_key(movers[i].process) for piece in worth for i, _, _ in piece.moves)
-    actions += _span_holds(unpinned, spans, actions, load, cpus, config)
+    actions += _span_holds(unpinned, spans, actions, load, cpus, budget)
     return _Placement(tuple(actions), moving, settled_now)
 
 
 def _span_holds(unpinned: list[tuple[ProcessView, TaskView]], spans: Mapping[ProcessKey, frozenset[int]],
                 actions: list[Action], load: Mapping[int, int], cpus: Mapping[int, int],
-                config: PolicyConfig) -> list[MoveTask]:
+                budget: int) -> list[MoveTask]:
     """Moves to the node they run on for the threads of processes bigger than one node that
     are where they should be (on a node of the span, not crowded) but free to leave it: the
     kernel's scheduler would otherwise stack them on a sibling's CPU, or take them off the span."""
@@ -379,7 +379,7 @@ def _span_holds(unpinned: list[tuple[ProcessView, TaskView]], spans: Mapping[Pro
         holds.append(MoveTask(process.pid, process.start_time, task.tid, process.comm, task.cpu_node,
                               task.cpu_node, f"holds it on node {task.cpu_node}, one of the nodes its process "
                               f"spans ({format_list(span)}), before the kernel's scheduler takes it elsewhere"))
-    return holds[:config.max_moves_per_pass]
+    return holds[:budget]  # what max_moves_per_pass leaves
 
 
 def _memory_shares(process: ProcessView, task: TaskView,

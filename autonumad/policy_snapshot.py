@@ -79,7 +79,7 @@ class SnapshotBuilder:
               respect_mempolicy: bool, skip_groups: Collection[tuple[int, int, int]] = (),
               regions: Mapping[ProcessKey, Mapping[int, RegionTouches]] | None = None,
               node_busy: Mapping[int, float] | None = None,
-              inherited_pin: Callable[[ProcessInfo, int, frozenset[int]], frozenset[int] | None] | None = None,
+              inherited_pin: Callable[[ProcessInfo, int, frozenset[int], int], frozenset[int] | None] | None = None,
               ) -> tuple[Snapshot, dict[tuple[int, int], dict[int, GroupRange]]]:
         online = frozenset(topology.cpus_online)
         views: list[ProcessView] = []
@@ -102,7 +102,7 @@ class SnapshotBuilder:
                 narrowed = affinity is not None and not affinity >= online
                 owned = owned_affinity(key, t.tid)
                 if narrowed and owned is None and inherited_pin is not None and affinity is not None:
-                    owned = inherited_pin(info, t.tid, affinity)
+                    owned = inherited_pin(info, t.tid, affinity, t.start_time)
                 pinned = respect_affinity and narrowed and (owned is None or owned & online != affinity)
                 held = affinity is None or affinity <= frozenset(topology.nodes[t.current_node].cpus)
                 tasks.append(TaskView(

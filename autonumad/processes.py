@@ -201,6 +201,8 @@ class ProcessDiscovery:
         """PIDs found to be kernel threads: not read again until they leave /proc, or
         KTHREAD_RECHECK_S passes (a PID freed and reused between two passes)."""
         self._kthreads_checked_at = clock()
+        self.kernel_thread_pids: frozenset[int] = frozenset()
+        self.seen_pids: set[int] = set()
 
     def discover(self) -> Discovery:
         now = self.clock()
@@ -250,6 +252,7 @@ class ProcessDiscovery:
                 log.debug("pid %d (%s) no longer balanced: %s", pid, info.comm, reason)
         self._history = seen
         self._kthreads = kthreads
+        self.kernel_thread_pids = frozenset(kthreads)
         self.seen_pids = {key.pid for key in seen}
         keys = {info.key for info in admitted}
         new = sorted(keys - self._admitted)

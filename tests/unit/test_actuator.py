@@ -274,7 +274,7 @@ def test_a_thread_created_by_a_pinned_thread_inherits_the_pin_and_is_adopted_wit
     act = make(tmp_path, k)
     act.move_task(100, 5000, 101, 1, "app")
     k.affinity[103] = k.affinity[101]  # created by 101 after the move: the kernel copies its mask
-    found = act.adopt_inherited(ThreadKey(100, 5000, 103), frozenset({2, 3}), "app", [(100, 5000)])
+    found = act.adopt_inherited(ThreadKey(100, 5000, 103), frozenset({2, 3}), "app", [(100, 5000)], 0)
     assert found is not None and found[0] == 100
     rec = StateFile(str(tmp_path / "state.json")).load().affinities[ThreadKey(100, 5000, 103)]
     assert rec.original == {0, 1, 2, 3} and rec.applied == {2, 3}
@@ -289,7 +289,8 @@ def test_a_child_forked_by_a_pinned_process_is_adopted_even_after_the_parents_pi
     k.affinity[201] = k.affinity[101]  # forked by 101 while pinned
     k.start[200] = 6000
     assert act.restore_process(100, 5000) == 1  # the launcher left autonumad's care
-    found = act.adopt_inherited(ThreadKey(200, 6000, 201), frozenset({2, 3}), "job", [(200, 6000), (100, 5000)])
+    found = act.adopt_inherited(ThreadKey(200, 6000, 201), frozenset({2, 3}), "job", [(200, 6000), (100, 5000)],
+                                6000)
     assert found is not None and found[0] == 100
     assert act.restore() == 1 and k.affinity[201] == {0, 1, 2, 3}
 
@@ -300,8 +301,10 @@ def test_a_pin_that_is_none_of_ours_is_not_adopted(tmp_path):
     act.move_task(100, 5000, 101, 1)
     k.start[200] = 6000
     k.affinity[201] = frozenset({1})
-    assert act.adopt_inherited(ThreadKey(200, 6000, 201), frozenset({1}), "job", [(200, 6000), (100, 5000)]) is None
-    assert act.adopt_inherited(ThreadKey(200, 6000, 201), frozenset({2, 3}), "job", [(200, 6000)]) is None
+    assert act.adopt_inherited(ThreadKey(200, 6000, 201), frozenset({1}), "job", [(200, 6000), (100, 5000)],
+                               6000) is None
+    assert act.adopt_inherited(ThreadKey(200, 6000, 201), frozenset({2, 3}), "job", [(200, 6000)], 6000) is None
+    assert act.adopt_inherited(ThreadKey(200, 6000, 201), frozenset(), "job", [(100, 5000)], 6000) is None
     assert ThreadKey(200, 6000, 201) not in act.state.affinities
 
 
@@ -311,9 +314,25 @@ def test_the_pins_remembered_for_an_exited_process_are_dropped_and_a_restart_rem
     act.move_task(100, 5000, 101, 1)
     fresh = Actuator(k, lambda n: NODE_CPUS[n], StateFile(str(tmp_path / "state.json")).load(),
                      StateFile(str(tmp_path / "state.json")), MigrationRateLimit(10, 100))
-    assert fresh.lineage == {(100, 5000): {frozenset({2, 3}): frozenset({0, 1, 2, 3})}}
+    assert fresh.lineage == {(100, 5000): {frozenset({2, 3}): (frozenset({0, 1, 2, 3}), 0)}}
     act.prune_lineage()
     assert (100, 5000) in act.lineage
     k.start[100] = 7000  # exited, PID reused
     act.prune_lineage()
     assert act.lineage == {}
+
+
+def test_a_pin_a_thread_had_before_ours_was_set_is_never_taken_for_inherited(tmp_path):
+    k = FakeKernel()
+    ticks = [1000]
+    act = Actuator(k, lambda n: NODE_CPUS[n], DaemonState(), StateFile(str(tmp_path / "state.json")),
+                   MigrationRateLimit(10, 100), boot_ticks=lambda: ticks[0])
+    k.affinity[103] = frozenset({2, 3})  # the program pinned its worker itself, at tick 900
+    act.move_task(100, 5000, 101, 1)     # then autonumad pinned the main thread there, at tick 1000
+    assert act.adopt_inherited(ThreadKey(100, 5000, 103), frozenset({2, 3}), "app", [(100, 5000)], 900) is None
+    assert act.adopt_inherited(ThreadKey(100, 5000, 104), frozenset({2, 3}), "app", [(100, 5000)], 1000) is not None
+    ticks[0] = 3000                      # a restarted daemon: only what starts from now on inherits
+    fresh = Actuator(k, lambda n: NODE_CPUS[n], StateFile(str(tmp_path / "state.json")).load(),
+                     StateFile(str(tmp_path / "state.json")), MigrationRateLimit(10, 100), boot_ticks=lambda: ticks[0])
+    assert fresh.adopt_inherited(ThreadKey(100, 5000, 105), frozenset({2, 3}), "app", [(100, 5000)], 2000) is None
+    assert fresh.adopt_inherited(ThreadKey(100, 5000, 105), frozenset({2, 3}), "app", [(100, 5000)], 3001) is not None

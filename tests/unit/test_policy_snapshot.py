@@ -76,7 +76,7 @@ def test_a_narrowed_affinity_is_offered_as_an_inherited_pin_before_it_counts_as_
     node1 = frozenset(TOPO.nodes[1].cpus)
     asked = []
 
-    def inherited(process, tid, affinity):
+    def inherited(process, tid, affinity, started):
         asked.append((process.pid, tid, affinity))
         return affinity if tid == 102 else None
 
