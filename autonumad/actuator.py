@@ -130,8 +130,11 @@ class Actuator:
             self.lineage.setdefault((key.pid, key.start_time), {})[record.applied] = (record.original, since)
 
     # ---- task moves -------------------------------------------------------------------
-    def move_task(self, pid: int, start_time: int, tid: int, to_node: int, comm: str = "") -> str:
-        """Pin thread `tid` of process (pid, start_time) to the online CPUs of `to_node`."""
+    def move_task(self, pid: int, start_time: int, tid: int, to_node: int, comm: str = "",
+                  respect_pins: bool = False) -> str:
+        """Pin thread `tid` of process (pid, start_time) to the online CPUs of `to_node`. With
+        `respect_pins`, a thread someone else pinned since the pass looked at it (its affinity
+        is narrower than the online CPUs and not the one we set) is left alone."""
         online = self._online_cpus()
         cpus = self.node_cpus(to_node) if online is None else self.node_cpus(to_node) & online
         if not cpus:
@@ -144,6 +147,10 @@ class Actuator:
         record = self.state.affinities.get(key)
         try:
             current = self.ops.get_affinity(tid)
+            if respect_pins and online is not None and (
+                    current != _seen(record.applied, online) if record else not current >= online):
+                self.counters["task_moves_skipped_pinned_since"] += 1
+                return "skipped: someone else pinned it since the pass looked"
             original = record.original if record else self._original_affinity(current, online)
             self.state.affinities[key] = AffinityRecord(original, cpus, comm)
             self._save()

@@ -483,7 +483,8 @@ class Daemon:
         return lines
 
     def _move(self, m: MoveTask) -> str:
-        return self.actuator.move_task(m.pid, m.start_time, m.tid, m.to_node, m.comm)
+        return self.actuator.move_task(m.pid, m.start_time, m.tid, m.to_node, m.comm,
+                                       respect_pins=self.config.respect.user_affinity)
 
     def _exchange(self, x: ExchangeTasks) -> str:
         done: list[MoveTask] = []

@@ -336,3 +336,15 @@ def test_a_pin_a_thread_had_before_ours_was_set_is_never_taken_for_inherited(tmp
                      StateFile(str(tmp_path / "state.json")), MigrationRateLimit(10, 100), boot_ticks=lambda: ticks[0])
     assert fresh.adopt_inherited(ThreadKey(100, 5000, 105), frozenset({2, 3}), "app", [(100, 5000)], 2000) is None
     assert fresh.adopt_inherited(ThreadKey(100, 5000, 105), frozenset({2, 3}), "app", [(100, 5000)], 3001) is not None
+
+
+def test_a_thread_someone_pinned_since_the_pass_looked_is_left_alone_when_pins_are_respected(tmp_path):
+    k = FakeKernel()
+    act = make(tmp_path, k)
+    k.affinity[101] = frozenset({0})     # its program pinned it between the snapshot and the move
+    assert act.move_task(100, 5000, 101, 1, respect_pins=True).startswith("skipped: someone else pinned it")
+    assert k.affinity[101] == {0} and ThreadKey(100, 5000, 101) not in act.state.affinities
+    assert act.move_task(100, 5000, 102, 1, respect_pins=True) == "done"
+    k.affinity[102] = frozenset({1})     # and one we pinned, re-pinned by its program
+    assert act.move_task(100, 5000, 102, 0, respect_pins=True).startswith("skipped")
+    assert k.affinity[102] == {1}
