@@ -4,8 +4,8 @@
  *
  * KIND is fork_exec, fork_exit or threads. Paces event i to i / RATE seconds after
  * the start (a driver that falls behind runs flat out, so the achieved rate is the
- * capacity), starting the events that are due together (up to MAX_BATCH at once,
- * then waiting for them all), stops after SECONDS, then prints one JSON line on stdout:
+ * capacity), starting the events that are due together (up to 256 threads or 32
+ * forks at once, then waiting for them all), stops after SECONDS, then prints one JSON line on stdout:
  * {"kind": ..., "events": N, "failures": N, "seconds": S}.
  *
  * scripts/churn compiles this with cc when it starts (Python's fork and thread
@@ -34,16 +34,17 @@ static void *nothing(void *arg)
     return arg;
 }
 
-#define MAX_BATCH 32
+#define MAX_BATCH 256   /* threads; forks go MAX_FORK_BATCH at a time */
+#define MAX_FORK_BATCH 32
 
 /* Each action starts `n` events at once and then waits for all of them (a batch of
  * the events that are due): one scheduling round trip per batch rather than per
  * event, which is what bounds the rate on a busy TCG VM. Returns the failures. */
 static int fork_batch(int n, int exec)
 {
-    pid_t pids[MAX_BATCH];
+    pid_t pids[MAX_FORK_BATCH];
     int failures = 0, started = 0;
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < n; i++) {  /* n <= MAX_FORK_BATCH: main caps it */
         pid_t pid = fork();
         if (pid < 0) {
             failures++;
@@ -127,6 +128,8 @@ int main(int argc, char **argv)
         }
         long due_now = (long)((t - t0) * rate) + 1 - events;  /* events due by now, this one included */
         int n = due_now < 1 ? 1 : due_now > MAX_BATCH ? MAX_BATCH : (int)due_now;
+        if (action != threads && n > MAX_FORK_BATCH)
+            n = MAX_FORK_BATCH;
         failures += action(n);
         events += n;
     }
