@@ -197,11 +197,10 @@ class ProcessDiscovery:
         self._history: dict[ProcessKey, _History] = {}
         self._admitted: set[ProcessKey] = set()
         self._users: dict[int, str] = {}
-        self._kthreads: set[int] = set()
+        self.kernel_thread_pids: frozenset[int] = frozenset()
         """PIDs found to be kernel threads: not read again until they leave /proc, or
         KTHREAD_RECHECK_S passes (a PID freed and reused between two passes)."""
         self._kthreads_checked_at = clock()
-        self.kernel_thread_pids: frozenset[int] = frozenset()
         self.seen_pids: set[int] = set()
 
     def discover(self) -> Discovery:
@@ -211,12 +210,12 @@ class ProcessDiscovery:
         known_pids = {key.pid: key for key in self._history}
         admitted: list[ProcessInfo] = []
         if now - self._kthreads_checked_at >= KTHREAD_RECHECK_S:
-            self._kthreads, self._kthreads_checked_at = set(), now
+            self.kernel_thread_pids, self._kthreads_checked_at = frozenset(), now
         kthreads: set[int] = set()
         for pid in procfs.list_pids(self.files):
             if pid == self.own_pid:
                 continue
-            if pid in self._kthreads:
+            if pid in self.kernel_thread_pids:
                 kthreads.add(pid)
                 continue
             try:
@@ -251,7 +250,6 @@ class ProcessDiscovery:
             elif info.key in self._admitted:
                 log.debug("pid %d (%s) no longer balanced: %s", pid, info.comm, reason)
         self._history = seen
-        self._kthreads = kthreads
         self.kernel_thread_pids = frozenset(kthreads)
         self.seen_pids = {key.pid for key in seen}
         keys = {info.key for info in admitted}

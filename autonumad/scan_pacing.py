@@ -62,7 +62,6 @@ class ScanBudget:
         self.scan_sleep_pass_millisecs = scan_sleep_pass_millisecs
         self.cpu_ceiling_percent = cpu_ceiling_percent
         self.credit_window_s = credit_window_s
-        self._balance = 0.0  # CPU seconds spent beyond the ceiling so far (negative: credit)
         self.clock = clock
         self.cpu_clock = cpu_clock
         self.sleep = sleep
@@ -70,13 +69,12 @@ class ScanBudget:
         self._left = pages_to_scan
         self.throttled = False  # the pause under way is longer than asked, for the CPU ceiling
         self._pausing = (0.0, 0.0)  # (balance before it, its length) of the pause under way
-        self._window_wall = clock()
-        self._window_cpu = cpu_clock()
+        self.restart_window()
 
     def restart_window(self) -> None:
         """Count from now: the daemon's start-up (imports, socket, sysctls) is no scanning
         work, and counted it would stretch the first pauses, when balancing matters most."""
-        self._balance = 0.0
+        self._balance = 0.0  # CPU seconds spent beyond the ceiling so far (negative: credit)
         self._window_wall = self.clock()
         self._window_cpu = self.cpu_clock()
 

@@ -182,7 +182,6 @@ class TaskStatsTable:
                 _add(run, s.current_node, float(s.last_run_ns) if ran else 1.0)
         return {n for n, share in _shares(run).items() if share >= min_share}
 
-
     def busy_thread_nodes(self, key: ProcessKey, min_share: float = MULTI_NODE_SHARE) -> set[int]:
         """The nodes its busy threads run on: for each thread that ran at least `min_share`
         as much as its busiest thread, the node it ran on most (before run time is measured
