@@ -5,6 +5,10 @@ that are online at that moment, read afresh: never a CPU that went offline since
 the pass read the topology, and no move at all to a node left without online
 CPUs); page moves become batched `move_pages` calls through the C extension, limited like
 AutoNUMA's knuma_migrated to `pages_to_migrate` pages per `migrate_sleep_millisecs`.
+`migrate_ranges` hands whole address ranges to the C loop (which finds the pages on
+the source node and moves them, no Python object per page) and may be called from
+several threads at once, one per destination node, as AutoNUMA ran one
+knuma_migrated per node: the rate limit and the counters are shared under a lock.
 Every affinity the actuator sets is written to the state file first (what it
 found, what it set), so it can be restored when a process leaves autonumad's care,
 on `autonumactl disable`, on daemon stop, and after a crash. A thread that was
@@ -42,6 +46,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -49,6 +54,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from autonumad.kernel.files import AccessDenied, ProcessGone
+from autonumad.kernel.numa_calls import RangeMoves
 from autonumad.state_file import AffinityRecord, DaemonState, StateFile, ThreadKey
 
 log = logging.getLogger("autonumad.actuator")
@@ -70,6 +76,8 @@ class KernelOps(Protocol):
     def online_cpus(self) -> frozenset[int]: ...
     def possible_cpus(self) -> frozenset[int]: ...
     def move_pages(self, pid: int, addrs: Sequence[int], node: int) -> list[int]: ...
+    def move_ranges(self, pid: int, ranges: Sequence[tuple[int, int]], from_node: int, to_node: int,
+                    limit: int, resume: tuple[int, int]) -> RangeMoves: ...
     def start_time(self, pid: int) -> int | None: ...
 
 
@@ -101,6 +109,10 @@ class MigrationRateLimit:
         self.tokens -= granted
         return granted
 
+    def give_back(self, unused: int) -> None:
+        """Return the part of a grant that found no page to move."""
+        self.tokens = min(self.capacity, self.tokens + max(0, unused))
+
 
 @dataclass
 class Outcome:
@@ -125,6 +137,7 @@ class Actuator:
     was set, in ticks since boot)}."""
 
     def __post_init__(self) -> None:
+        self._moves_lock = threading.Lock()  # the rate limit and counters, for movers running at once
         since = self.boot_ticks()  # a restarted daemon's pins: only what starts from now on inherits them
         for key, record in self.state.affinities.items():
             self.lineage.setdefault((key.pid, key.start_time), {})[record.applied] = (record.original, since)
@@ -242,45 +255,45 @@ class Actuator:
             return current
 
     # ---- page moves -------------------------------------------------------------------
-    def migrate_pages(self, pid: int, start_time: int, addrs: Sequence[int], from_node: int,
-                      to_node: int, moved_out: list[int] | None = None,
-                      tried_out: list[int] | None = None) -> tuple[str, int]:
-        """Move up to the rate limit's grant of `addrs` to `to_node`; returns (result, pages moved),
-        and adds the addresses moved to `moved_out` and those tried (granted) to `tried_out`."""
+    def migrate_ranges(self, pid: int, start_time: int, ranges: Sequence[tuple[int, int]], from_node: int,
+                       to_node: int, resume: tuple[int, int], want: int) -> tuple[str, RangeMoves | None]:
+        """Move pages of `ranges` that sit on `from_node` to `to_node`, from `resume` on, up to
+        the rate limit's grant of `want` pages (what finds no page is given back); returns
+        (result, what the C loop did, or None when nothing was tried). Safe to call from
+        several threads at once."""
         if self.ops.start_time(pid) != start_time:
-            self.counters["pid_reuse_caught_before"] += 1
-            return "skipped: process gone or PID reused", 0
-        granted = self.rate_limit.take(len(addrs))
+            self._count("pid_reuse_caught_before")
+            return "skipped: process gone or PID reused", None
+        with self._moves_lock:
+            granted = self.rate_limit.take(want)
         if granted == 0:
-            self.counters["migrations_deferred_rate_limit"] += 1
-            return "deferred: migration rate limit", 0
-        batch = list(addrs[:granted])
+            self._count("migrations_deferred_rate_limit")
+            return "deferred: migration rate limit", None
         try:
-            statuses = self.ops.move_pages(pid, batch, to_node)
-        except ProcessGone:
-            self.counters["process_gone"] += 1
-            return "skipped: process gone", 0
-        except AccessDenied:
-            self.counters["access_denied"] += 1
-            return "refused: access denied", 0
-        moved = [a for a, s in zip(batch, statuses) if s == to_node]
-        self.counters["pages_migrated"] += len(moved)
-        for s in statuses:
-            if s < 0:
-                self.counters["page_status_" + PAGE_STATUS_NAMES.get(s, f"errno_{-s}")] += 1
+            moves = self.ops.move_ranges(pid, ranges, from_node, to_node, granted, resume)
+        except (ProcessGone, AccessDenied) as exc:
+            with self._moves_lock:
+                self.rate_limit.give_back(granted)
+            gone = isinstance(exc, ProcessGone)
+            self._count("process_gone" if gone else "access_denied")
+            return ("skipped: process gone" if gone else "refused: access denied"), None
+        with self._moves_lock:
+            self.rate_limit.give_back(granted - sum(moves.tried))
+            self.counters["pages_migrated"] += moves.moved_total
+            for err, count in moves.failures.items():
+                self.counters["page_status_" + PAGE_STATUS_NAMES.get(-err, f"errno_{err}")] += count
         if self.ops.start_time(pid) != start_time:
             try:
-                self.ops.move_pages(pid, moved, from_node)
+                self.ops.move_pages(pid, moves.moved_addresses(), from_node)
             except OSError:
                 pass
-            self.counters["pid_reuse_undone"] += 1
-            return "undone: PID reused during the move", 0
-        if moved_out is not None:
-            moved_out.extend(moved)
-        if tried_out is not None:
-            tried_out.extend(batch)
-        partial = "" if granted == len(addrs) else f" ({len(addrs) - granted} left for later)"
-        return f"done{partial}", len(moved)
+            self._count("pid_reuse_undone")
+            return "undone: PID reused during the move", None
+        return "done", moves
+
+    def _count(self, name: str) -> None:
+        with self._moves_lock:
+            self.counters[name] += 1
 
     # ---- restoring ----------------------------------------------------------------------
     def restore(self, which: Callable[[ThreadKey], bool] = lambda key: True) -> int:

@@ -8,7 +8,8 @@ write-fault sampler, build the policy's snapshot, ask the policy for a plan, and
 hand the plan to the actuator (or, with --dry-run, print it). Between passes it
 sleeps `scan_sleep_pass_millisecs`, or a fifth of that (at least 1 s) while the
 last pass found something to do, the way AutoNUMA's scan interval shortens while
-pages are misplaced and backs off once the system has settled.
+pages are misplaced and backs off once the system has settled; 1 s when the next
+pass is awaited for a write-fault window or a second vote on moving page groups.
 
 The control socket's handlers run on the server's thread. They read the status the
 last pass published and make changes under `lock`, which the loop holds only
@@ -57,6 +58,10 @@ log = logging.getLogger("autonumad")
 
 ACTIVE_PASS_FRACTION = 5
 MIN_ACTIVE_PASS_S = 1.0
+CONFIRM_PASS_S = 1.0
+"""The pause after a pass that left a write-fault window open or page groups with a first
+vote to move (AutoNUMA's last_nid filter waits for the next pass): the kernel's
+numa_balancing_scan_period_min_ms."""
 MOVED_GROUP_SHARE = 0.9
 """A page group counts as moved when this share of its pages did (busy pages stay behind)."""
 MIGRATE_WAIT_S = 1.0
@@ -79,17 +84,22 @@ class _Interrupted(Exception):
     """The pass was cut short: stop, reload or disable was asked for."""
 
 
-def _migration_run(actions, k: int) -> list[MigratePages]:
-    """The migrations from actions[k] on that share its process and its two nodes."""
-    first = actions[k]
-    run = []
-    for action in actions[k:]:
-        if not (isinstance(action, MigratePages) and (action.pid, action.start_time, action.from_node,
-                                                      action.to_node) == (first.pid, first.start_time,
-                                                                          first.from_node, first.to_node)):
-            break
-        run.append(action)
-    return run
+def _migration_runs(actions) -> dict[tuple[int, int, int, int], list[MigratePages]]:
+    """The plan's migrations by (pid, start time, from node, to node), each run in plan order."""
+    runs: dict[tuple[int, int, int, int], list[MigratePages]] = {}
+    for action in actions:
+        if isinstance(action, MigratePages):
+            runs.setdefault((action.pid, action.start_time, action.from_node, action.to_node), []).append(action)
+    return runs
+
+
+@dataclass
+class _RunMoves:
+    """What the mover did for one run: per group pages tried and moved, and how far it got."""
+    result: str
+    tried: list[int]
+    moved: list[int]
+    next_range: int   # the groups before this one were gone through completely
 
 
 def policy_config(config: Config) -> PolicyConfig:
@@ -111,6 +121,8 @@ class PassReport:
     processes: int = 0
     new_processes: int = 0
     lines: list[str] = field(default_factory=list)
+    awaiting: int = 0
+    """Write-fault windows left open and page groups that asked to move for the first time."""
 
 
 class Daemon:
@@ -278,8 +290,11 @@ class Daemon:
         return 0
 
     def _pass_interval_ms(self) -> int:
-        """Short while something is misplaced, new or just moved; the full interval once settled."""
+        """Short while something is misplaced, new or just moved, shortest while a sampling
+        window or a second vote is awaited; the full interval once settled."""
         base = self.config.scan.scan_sleep_pass_millisecs
+        if self.last_pass.awaiting:
+            return min(base, int(CONFIRM_PASS_S * 1000))
         target = self.config.policy.locality_target
         misplaced = any(p["locality"] is not None and p["locality"] < target
                         for p in self.published["managed_processes"])
@@ -344,13 +359,15 @@ class Daemon:
                 node_busy=self._node_busy(), inherited_pin=self._inherited_pin)
             self._not_inherited, self._not_inherited_next = self._not_inherited_next, {}
             plan = plan_pass(snapshot, self.policy_state, self._pass_policy_config())
+            first_votes = sum(1 for key, node in plan.state.group_target.items()
+                              if self.policy_state.group_target.get(key) != node)
             self.policy_state = plan.state
             lines = self.apply(plan)
         self.mm.end_pass()
         self.tasks.end_pass()
         self.counters["passes"] += 1
         self.last_pass = PassReport(time.time(), time.monotonic() - started, len(plan.actions), len(observed),
-                                    len(found.new), lines)
+                                    len(found.new), lines, first_votes + self.sampler.windows_open())
         self._publish(snapshot)
         return self.last_pass
 
@@ -465,8 +482,8 @@ class Daemon:
     # ------------------------------------------------------------------ acting
     def apply(self, plan: Plan) -> list[str]:
         lines = []
-        migrations: dict[MigratePages, str] = {}
-        for k, action in enumerate(plan.actions):
+        migrations = {} if self.dry_run else self._migrate_all(plan.actions)
+        for action in plan.actions:
             if self.dry_run:
                 result = "planned (dry run)"
             elif isinstance(action, MoveTask):
@@ -474,8 +491,6 @@ class Daemon:
             elif isinstance(action, ExchangeTasks):
                 result = self._exchange(action)
             else:
-                if action not in migrations:
-                    migrations.update(self._migrate_run(_migration_run(plan.actions, k)))
                 result = migrations[action]
             line = f"{action.describe()} [{result}]"
             lines.append(line)
@@ -498,86 +513,108 @@ class Daemon:
         self.counters["exchanges"] += 1
         return "done"
 
-    def _migrate_paced(self, m: MigratePages, addrs: list[int], moved: list[int], tried: list[int]) -> str:
-        """Move `addrs` pages_to_migrate at a time, as the rate limit grants them (AutoNUMA's
-        knuma_migrated: pages_to_migrate, then migrate_sleep_millisecs), waiting for it at
-        most self.migrate_wait_s in all; what is left is deferred to a later pass."""
+    def _migrate_all(self, actions) -> dict[MigratePages, str]:
+        """Carry out the plan's page migrations, each result by action. The groups of one
+        process between the same two nodes go to the mover together (one PID-reuse check
+        pair per call, the pages found and moved in C); runs to different nodes go at once,
+        one mover thread per destination node (AutoNUMA's knuma_migrated per node), so that
+        memory that must swap nodes is not moved one direction after the other."""
+        runs = _migration_runs(actions)
+        if not runs:
+            return {}
+        results: dict[MigratePages, str] = {}
+        ranges: dict[tuple[int, int, int, int], list[tuple[MigratePages, GroupRange]]] = {}
+        for key, run in runs.items():
+            for m in run:
+                group = self.groups.get((m.pid, m.start_time), {}).get(m.group_id)
+                if group is None:
+                    results[m] = "skipped: page group unknown"
+                else:
+                    ranges.setdefault(key, []).append((m, group))
+        by_node: dict[int, list[tuple[int, int, int, int]]] = {}
+        for key in ranges:
+            by_node.setdefault(key[3], []).append(key)
+        done: dict[tuple[int, int, int, int], _RunMoves] = {}
+
+        def mover(keys: list[tuple[int, int, int, int]]) -> None:
+            for key in keys:
+                try:
+                    done[key] = self._migrate_paced(key, [(g.start, g.end) for _, g in ranges[key]])
+                except Exception as exc:  # a bug must not take the daemon down, nor the other movers
+                    log.exception("pid %d: page moves to node %d failed", key[0], key[3])
+                    done[key] = _RunMoves(f"failed: {exc}", [0] * len(ranges[key]), [0] * len(ranges[key]), 0)
+
+        jobs = [keys for _, keys in sorted(by_node.items())]
+        cpu_before = time.process_time()
+        movers = [threading.Thread(target=mover, args=(keys,), name="autonumad-mover", daemon=True)
+                  for keys in jobs[1:]]
+        for thread in movers:
+            thread.start()
+        mover(jobs[0] if jobs else [])
+        for thread in movers:
+            thread.join()
+        # page moves are paced by the migration rate limit, not by the scan's CPU ceiling
+        # (AutoNUMA's knuma_migrated beside knuma_scand): their CPU is not the scanner's
+        self.budget.exclude_cpu(time.process_time() - cpu_before)
+        for key, members in ranges.items():
+            results.update(self._book_run(members, done[key]))
+        return results
+
+    def _migrate_paced(self, key: tuple[int, int, int, int], ranges: list[tuple[int, int]]) -> _RunMoves:
+        """Move the pages of `ranges` on the run's source node, pages_to_migrate at a time, as
+        the rate limit grants them (AutoNUMA's knuma_migrated: pages_to_migrate, then
+        migrate_sleep_millisecs), waiting for it at most self.migrate_wait_s in all; what is
+        left is deferred to a later pass."""
+        pid, start_time, from_node, to_node = key
         limit = self.config.migrate.pages_to_migrate
         period_s = self.config.migrate.migrate_sleep_millisecs / 1000.0
-        if not addrs:
-            return "done"   # nothing of the group is left on that node
-        result, pos, waited = "deferred: migration rate limit", 0, 0.0
-        while pos < len(addrs):
-            before = len(tried)
-            step, _ = self.actuator.migrate_pages(m.pid, m.start_time, addrs[pos:pos + limit], m.from_node,
-                                                  m.to_node, moved, tried)
+        run = _RunMoves("deferred: migration rate limit", [0] * len(ranges), [0] * len(ranges), 0)
+        resume, waited = (0, 0), 0.0
+        while resume[0] < len(ranges):
+            step, moves = self.actuator.migrate_ranges(pid, start_time, ranges, from_node, to_node, resume, limit)
             if step.startswith("deferred"):
                 wait = min(period_s, self.migrate_wait_s - waited)
                 if wait <= 0 or self.stop_event.wait(wait):
                     break
                 waited += wait
                 continue
-            if not step.startswith("done"):
-                return step if pos == 0 else result
-            result = "done"
-            pos += len(tried) - before
-        return result
+            if moves is None:
+                if not run.result.startswith("done"):
+                    run.result = step
+                break
+            run.result = "done"
+            run.tried = [a + b for a, b in zip(run.tried, moves.tried)]
+            run.moved = [a + b for a, b in zip(run.moved, moves.moved)]
+            resume = moves.resume
+        run.next_range = resume[0]
+        return run
 
-    def _migrate_run(self, run: list[MigratePages]) -> dict[MigratePages, str]:
-        """Migrate page groups of one process between the same two nodes in one actuator
-        call (one PID-reuse check pair, one batch of move_pages for all of them);
-        returns each group's result."""
-        first = run[0]
-        results: dict[MigratePages, str] = {}
-        wanted: dict[MigratePages, list[int]] = {}
-        for m in run:
-            group = self.groups.get((m.pid, m.start_time), {}).get(m.group_id)
-            if group is None:
-                results[m] = "skipped: page group unknown"
-                continue
-            try:
-                wanted[m] = self.actuator.ops.pages_on_node(m.pid, group.start, group.end, m.from_node,
-                                                            self.config.migrate.pages_to_migrate)
-            except ProcessGone:
-                self.actuator.counters["process_gone"] += 1
-                return {**results, **{x: "skipped: process gone" for x in run if x not in results}}
-            except OSError as exc:
-                results[m] = f"skipped: {exc.strerror or exc}"
-        if not wanted:
-            return results
-        addrs = [a for m in wanted for a in wanted[m]]
-        moved: list[int] = []
-        tried: list[int] = []
-        cpu_before = time.process_time()
-        result = self._migrate_paced(first, addrs, moved, tried)
-        # page moves are paced by the migration rate limit, not by the scan's CPU ceiling
-        # (AutoNUMA's knuma_migrated beside knuma_scand): their CPU is not the scanner's
-        self.budget.exclude_cpu(time.process_time() - cpu_before)
-        moved_set, tried_set = set(moved), set(tried)
-        for m, group_addrs in wanted.items():
-            group = self.groups[(m.pid, m.start_time)][m.group_id]
-            n = sum(1 for a in group_addrs if a in moved_set)
-            was_tried = any(a in tried_set for a in group_addrs)
-            if not group_addrs:
-                group_result = "done"     # nothing of it was left on that node
-            elif not result.startswith("done"):
-                group_result = result
-            elif not was_tried:
+    def _book_run(self, members: list[tuple[MigratePages, GroupRange]], run: _RunMoves) -> dict[MigratePages, str]:
+        """Each group's result in a run; groups that moved have their sampled writes follow,
+        groups whose pages mostly would not move are set aside for a while."""
+        results = {}
+        followed = 0
+        for k, (m, group) in enumerate(members):
+            moved, tried, complete = run.moved[k], run.tried[k], k < run.next_range
+            if not run.result.startswith("done"):
+                group_result = run.result
+            elif not complete and tried == 0:
                 group_result = "deferred: migration rate limit"
             else:
                 group_result = "done"
-            if group_result == "done" and n >= MOVED_GROUP_SHARE * len(group_addrs) \
-                    and len(group_addrs) < self.config.migrate.pages_to_migrate:
+            if group_result == "done" and complete and moved >= MOVED_GROUP_SHARE * tried:
                 # the group moved (a few busy pages aside): its sampled writes now sit on the new node
-                self.sampler.note_moved(ProcessKey(m.pid, m.start_time), group.start, group.end,
-                                        m.from_node, m.to_node)
-            tried_here = sum(1 for a in group_addrs if a in tried_set)
-            if not group_result.startswith("deferred") and (n == 0 or n < STUCK_MOVED_SHARE * tried_here):
+                followed += self.sampler.note_moved(ProcessKey(m.pid, m.start_time), group.start, group.end,
+                                                    m.from_node, m.to_node)
+            if tried and (moved == 0 or moved < STUCK_MOVED_SHARE * tried):
                 # shared (EACCES), busy or already gone, all or most of it: leave this group
                 # alone for a while (retrying it would keep the daemon scanning at its active
                 # pace for pages that do not move)
                 self.stuck_groups[(m.pid, m.start_time, m.group_id)] = time.monotonic() + STUCK_GROUP_RETRY_S
-            results[m] = f"{group_result}, {n} pages moved"
+            results[m] = f"{group_result}, {moved} pages moved"
+        first = members[0][0]
+        log.debug("pid %d: %d sampled regions now counted on node %d, after the move", first.pid, followed,
+                  first.to_node)
         return results
 
     def _log_decision(self, action, result: str, line: str) -> None:

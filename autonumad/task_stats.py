@@ -331,21 +331,24 @@ class WriteFaultSampler:
                 self._arm(key, now)
                 break
 
-    def note_moved(self, key: ProcessKey, start: int, end: int, from_node: int, to_node: int) -> None:
+    def windows_open(self) -> int:
+        """Processes armed whose window has not been read yet."""
+        return len(self._armed)
+
+    def note_moved(self, key: ProcessKey, start: int, end: int, from_node: int, to_node: int) -> int:
         """The daemon moved every page of [start, end) on `from_node` to `to_node`: the
         writes sampled in those regions now count on the new node, so the next plan
-        sees the region where it is rather than moving it again."""
+        sees the region where it is rather than moving it again. Returns how many regions."""
         regions = self.regions.get(key)
         if not regions:
-            log.debug("pid %d: no sampled regions to update after a move", key.pid)
-            return
+            return 0
         updated = 0
         for region in range(start & ~(REGION_BYTES - 1), end, REGION_BYTES):
             touches = regions.get(region)
             if touches and from_node in touches.nodes:
                 touches.nodes[to_node] = touches.nodes.get(to_node, 0) + touches.nodes.pop(from_node)
                 updated += 1
-        log.debug("pid %d: %d sampled regions in %#x-%#x now on node %d", key.pid, updated, start, end, to_node)
+        return updated
 
     def forget(self, keys: Iterable[ProcessKey]) -> None:
         for key in keys:

@@ -99,6 +99,101 @@ int ane_move_pages(int pid, const uint64_t *addrs, int64_t count,
     return 0;
 }
 
+/* Move the batch of candidates (pages found on from_node) and book the outcome. */
+static int move_candidates(int pid, void **pages, const int64_t *cand_range, int64_t n, int to_node,
+                           int flags, struct ane_range_moves *pos, int64_t *tried, int64_t *moved,
+                           int64_t *status_counts, int n_status_counts, uint64_t *moved_addrs)
+{
+    int nodes[BATCH_PAGES], status[BATCH_PAGES], now[BATCH_PAGES];
+    long rc;
+
+    if (n == 0)
+        return 0;
+    for (int64_t i = 0; i < n; i++) {
+        nodes[i] = to_node;
+        status[i] = STATUS_UNSET;
+    }
+    rc = numa_move_pages(pid, (unsigned long)n, pages, nodes, status, flags);
+    if (rc < 0)
+        return -errno;
+    if (rc > 0) {
+        /* The kernel stopped part-way: where are the pages it left unset? */
+        if (numa_move_pages(pid, (unsigned long)n, pages, NULL, now, 0) < 0)
+            return -errno;
+        for (int64_t i = 0; i < n; i++)
+            if (status[i] == STATUS_UNSET)
+                status[i] = now[i];
+    }
+    for (int64_t i = 0; i < n; i++) {
+        tried[cand_range[i]]++;
+        pos->tried++;
+        if (status[i] == to_node) {
+            moved[cand_range[i]]++;
+            moved_addrs[pos->moved++] = (uint64_t)(uintptr_t)pages[i];
+        } else if (status[i] < 0) {
+            int e = -status[i];
+            status_counts[e < n_status_counts ? e : 0]++;
+        }
+    }
+    return 0;
+}
+
+int ane_move_ranges(int pid, const uint64_t *starts, const uint64_t *ends, int64_t n_ranges,
+                    int from_node, int to_node, int64_t limit, int move_all,
+                    struct ane_range_moves *pos, int64_t *tried, int64_t *moved,
+                    int64_t *status_counts, int n_status_counts, uint64_t *moved_addrs)
+{
+    void *query[BATCH_PAGES], *cand[BATCH_PAGES];
+    int64_t cand_range[BATCH_PAGES];
+    int where[BATCH_PAGES];
+    int flags = move_all ? MPOL_MF_MOVE_ALL : MPOL_MF_MOVE;
+    uint64_t psz = page_size();
+    int64_t n_cand = 0, taken = 0;
+    int rc;
+
+    pos->tried = 0;
+    pos->moved = 0;
+    while (pos->range < n_ranges && taken < limit) {
+        int64_t r = pos->range;
+        uint64_t addr = pos->addr > starts[r] ? pos->addr : starts[r];
+        int64_t n = 0;
+
+        addr = (addr + psz - 1) & ~(psz - 1);
+        while (n < BATCH_PAGES && addr + n * psz < ends[r])
+            n++;
+        if (n == 0) {                       /* this range is done */
+            pos->range++;
+            pos->addr = 0;
+            continue;
+        }
+        for (int64_t i = 0; i < n; i++)
+            query[i] = (void *)(uintptr_t)(addr + i * psz);
+        if (numa_move_pages(pid, (unsigned long)n, query, NULL, where, 0) < 0)
+            return -errno;
+        pos->addr = addr + n * psz;
+        for (int64_t i = 0; i < n; i++) {
+            if (where[i] != from_node)
+                continue;
+            if (taken == limit) {           /* resume at this page next time */
+                pos->addr = (uint64_t)(uintptr_t)query[i];
+                break;
+            }
+            cand[n_cand] = query[i];
+            cand_range[n_cand++] = r;
+            taken++;
+            if (n_cand == BATCH_PAGES) {
+                rc = move_candidates(pid, cand, cand_range, n_cand, to_node, flags, pos, tried, moved,
+                                     status_counts, n_status_counts, moved_addrs);
+                if (rc < 0)
+                    return rc;
+                n_cand = 0;
+            }
+        }
+    }
+    return move_candidates(pid, cand, cand_range, n_cand, to_node, flags, pos, tried, moved,
+                           status_counts, n_status_counts, moved_addrs);
+}
+
 static int valid_node(int node)
 {
     return node >= 0 && node <= numa_max_possible_node();

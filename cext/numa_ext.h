@@ -36,6 +36,29 @@ int ane_page_nodes(int pid, const uint64_t *addrs, int64_t count, int *status);
 int ane_move_pages(int pid, const uint64_t *addrs, int64_t count,
                    const int *nodes, int *status, int move_all);
 
+/* Where ane_move_ranges stopped, and what it did, range by range. */
+struct ane_range_moves {
+    int64_t range;      /* in: the range to start in; out: the range to resume in (n_ranges: all done) */
+    uint64_t addr;      /* in: the address to start at in it (0: its start); out: where to resume */
+    int64_t tried;      /* out: pages found on from_node and handed to the kernel */
+    int64_t moved;      /* out: of those, pages now on to_node (their addresses: moved_addrs) */
+};
+
+/* The mover's hot loop: the pages of ranges [starts[r], ends[r]) of process `pid`
+ * that sit on from_node go to to_node, range after range from the position in
+ * `pos`, at most `limit` pages (the rate limit's grant), in batches of status
+ * queries and moves (MPOL_MF_MOVE, or MPOL_MF_MOVE_ALL if move_all).  Per range,
+ * tried[r] and moved[r] grow by the pages handed to the kernel and those that
+ * moved; each page left behind with a negative status -e counts in
+ * status_counts[e] (e < n_status_counts; others in status_counts[0]); the
+ * addresses moved go to moved_addrs (room for `limit`), so that a move found
+ * mistaken can be undone.  `pos` says where to resume.  Returns 0 or -errno for
+ * a whole call that failed (-ESRCH: process gone). */
+int ane_move_ranges(int pid, const uint64_t *starts, const uint64_t *ends, int64_t n_ranges,
+                    int from_node, int to_node, int64_t limit, int move_all,
+                    struct ane_range_moves *pos, int64_t *tried, int64_t *moved,
+                    int64_t *status_counts, int n_status_counts, uint64_t *moved_addrs);
+
 /* migrate_pages(2): move every page of `pid` on from_nodes to to_nodes.
  * Returns the number of pages that could not be moved, or -errno. */
 int64_t ane_migrate_process_pages(int pid, const int *from_nodes, int n_from,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 
 from autonumad.constants import SYSFS_CPU_DIR
@@ -17,7 +16,6 @@ SYSFS_CPU_POSSIBLE = f"{SYSFS_CPU_DIR}/possible"
 class LiveKernelOps:
     def __init__(self, files: KernelFiles) -> None:
         self.files = files
-        self.rng = random.Random()
 
     def get_affinity(self, tid: int) -> frozenset[int]:
         return sched.get_affinity(tid)
@@ -43,10 +41,7 @@ class LiveKernelOps:
         except (ProcessGone, ValueError):
             return None
 
-    def pages_on_node(self, pid: int, start: int, end: int, node: int, limit: int) -> list[int]:
-        """Addresses of up to `limit` pages of [start, end) that sit on `node` (every page looked at)."""
-        other = node + 1 if node + 1 <= numa_calls.max_node() else node - 1
-        result = numa_calls.scan_ranges(pid, [(start, end)], 1, self.rng.getrandbits(63),
-                                        local_node=other, max_off_node=(end - start) >> 12)
-        addrs = [a for a, n in zip(result.off_node_addrs, result.off_node_nodes) if n == node]
-        return addrs[:limit]
+    def move_ranges(self, pid: int, ranges: Sequence[tuple[int, int]], from_node: int, to_node: int,
+                    limit: int, resume: tuple[int, int]) -> numa_calls.RangeMoves:
+        """Move up to `limit` pages of `ranges` that sit on `from_node` to `to_node`, from `resume` on."""
+        return numa_calls.move_ranges(pid, ranges, from_node, to_node, limit, resume)

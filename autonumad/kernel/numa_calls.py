@@ -120,6 +120,56 @@ def move_pages(pid: int, addrs: Sequence[int], node: int | Sequence[int], move_a
     return ffi.unpack(status, count)
 
 
+STATUS_KINDS = 256
+"""Per-page failure statuses are counted by errno below this (others under 0)."""
+
+
+@dataclass
+class RangeMoves:
+    """What one move_ranges call did: pages tried and moved per range, failures per errno,
+    the addresses moved (a C array: unpacked only to undo the move), and where to resume."""
+
+    tried: list[int]
+    moved: list[int]
+    failures: dict[int, int]
+    moved_addrs: object
+    moved_total: int
+    resume: tuple[int, int]
+    """(range index, address) to pass back to continue; range index == len(ranges) when done."""
+
+    @property
+    def done(self) -> bool:
+        return self.resume[0] >= len(self.tried)
+
+    def moved_addresses(self) -> list[int]:
+        return list(self.moved_addrs[0:self.moved_total]) if self.moved_total else []
+
+
+def move_ranges(pid: int, ranges: Sequence[tuple[int, int]], from_node: int, to_node: int, limit: int,
+                resume: tuple[int, int] = (0, 0), move_all: bool = False) -> RangeMoves:
+    """Move the pages of `ranges` that sit on `from_node` to `to_node`, at most `limit` of them,
+    starting at `resume` (what a previous call returned): the mover's hot loop, in C, so that
+    no page costs a Python object. Raises ProcessGone/AccessDenied/OSError only when a call
+    as a whole fails (as move_pages)."""
+    if limit < 0:
+        raise ValueError(f"limit must not be negative, not {limit}")
+    n = len(ranges)
+    starts = ffi.new("uint64_t[]", [start for start, _ in ranges] or [0])
+    ends = ffi.new("uint64_t[]", [end for _, end in ranges] or [0])
+    pos = ffi.new("struct ane_range_moves *")
+    pos.range, pos.addr = resume
+    tried = ffi.new("int64_t[]", max(1, n))
+    moved = ffi.new("int64_t[]", max(1, n))
+    counts = ffi.new("int64_t[]", STATUS_KINDS)
+    moved_addrs = ffi.new("uint64_t[]", max(1, limit))
+    rc = lib.ane_move_ranges(pid, starts, ends, n, from_node, to_node, limit, int(move_all), pos,
+                             tried, moved, counts, STATUS_KINDS, moved_addrs)
+    _check(rc, "move_pages", pid, einval_means_gone=True)
+    return RangeMoves(ffi.unpack(tried, n), ffi.unpack(moved, n),
+                      {e: c for e, c in enumerate(ffi.unpack(counts, STATUS_KINDS)) if c},
+                      moved_addrs, pos.moved, (pos.range, pos.addr))
+
+
 def migrate_process_pages(pid: int, from_nodes: Iterable[int], to_nodes: Iterable[int]) -> int:
     """Move every page of `pid` on `from_nodes` to `to_nodes` (migrate_pages(2), as `migratepages`).
 

@@ -2,6 +2,7 @@ import errno
 
 from autonumad.actuator import Actuator, MigrationRateLimit, page_status_counts
 from autonumad.kernel.files import ProcessGone
+from autonumad.kernel.numa_calls import RangeMoves
 from autonumad.state_file import DaemonState, StateFile, ThreadKey
 
 NODE_CPUS = {0: frozenset({0, 1}), 1: frozenset({2, 3}), 2: frozenset()}
@@ -69,6 +70,33 @@ class FakeKernel:
         if self.start_after_call is not None:
             self.start[100] = self.start_after_call
         return out
+
+    def move_ranges(self, pid, ranges, from_node, to_node, limit, resume):
+        self.calls.append(("move_ranges", pid, list(ranges), from_node, to_node, limit, resume))
+        tried, moved, failures, moved_addrs = [0] * len(ranges), [0] * len(ranges), {}, []
+        at = resume
+        for r, (start, end) in enumerate(ranges):
+            for addr in sorted(a for a, n in self.page_nodes.items() if start <= a < end and n == from_node):
+                if (r, addr) < resume:
+                    continue
+                if sum(tried) == limit:
+                    at = (r, addr)
+                    break
+                tried[r] += 1
+                if addr == 0xBAD000:
+                    failures[errno.EBUSY] = failures.get(errno.EBUSY, 0) + 1
+                else:
+                    self.page_nodes[addr] = to_node
+                    moved[r] += 1
+                    moved_addrs.append(addr)
+            else:
+                continue
+            break
+        else:
+            at = (len(ranges), 0)
+        if self.start_after_call is not None:
+            self.start[100] = self.start_after_call
+        return RangeMoves(tried, moved, failures, moved_addrs, len(moved_addrs), at)
 
     def start_time(self, pid):
         return self.start.get(pid)
@@ -145,15 +173,6 @@ def test_restarted_daemon_restores_from_the_state_file(tmp_path):
     assert fresh.restore() == 1 and k.affinity[101] == {0, 1, 2, 3}
 
 
-def test_migrate_pages_counts_statuses_by_kind(tmp_path):
-    k = FakeKernel()
-    act = make(tmp_path, k)
-    result, moved = act.migrate_pages(100, 5000, [0x1000, 0x2000, 0xBAD000], 0, 1)
-    assert result == "done" and moved == 2
-    assert page_status_counts(act.counters) == {"EBUSY": 1}
-    assert act.counters["pages_migrated"] == 2
-
-
 def test_migration_rate_limit_defers_and_refills():
     now = [0.0]
     rl = MigrationRateLimit(100, 1000, clock=lambda: now[0])
@@ -164,20 +183,36 @@ def test_migration_rate_limit_defers_and_refills():
     assert abs(rl.mb_per_second() - 100 * 4096 / (1 << 20)) < 1e-9
 
 
-def test_migrate_pages_takes_only_the_grant(tmp_path):
+def test_migrate_ranges_counts_statuses_by_kind_and_gives_back_what_found_no_page(tmp_path):
     k = FakeKernel()
+    k.page_nodes = {0x1000: 0, 0x2000: 0, 0xBAD000: 0, 0x3000: 1}
+    act = make(tmp_path, k, pages=1000)
+    result, moves = act.migrate_ranges(100, 5000, [(0, 0x4000), (0xBAD000, 0xBAE000)], 0, 1, (0, 0), 1000)
+    assert result == "done" and moves.moved == [2, 0] and moves.tried == [2, 1] and moves.done
+    assert page_status_counts(act.counters) == {"EBUSY": 1} and act.counters["pages_migrated"] == 2
+    assert k.page_nodes == {0x1000: 1, 0x2000: 1, 0xBAD000: 0, 0x3000: 1}
+    assert act.rate_limit.tokens == 1000 - 3          # the grant less the pages tried
+
+
+def test_migrate_ranges_stops_at_the_grant_and_resumes_there(tmp_path):
+    k = FakeKernel()
+    k.page_nodes = {0x1000: 0, 0x2000: 0, 0x3000: 0}
     act = make(tmp_path, k, pages=2)
-    result, moved = act.migrate_pages(100, 5000, [0x1000, 0x2000, 0x3000], 0, 1)
-    assert moved == 2 and "1 left for later" in result
+    result, moves = act.migrate_ranges(100, 5000, [(0, 0x4000)], 0, 1, (0, 0), 2)
+    assert result == "done" and moves.moved == [2] and moves.resume == (0, 0x3000) and not moves.done
+    assert act.migrate_ranges(100, 5000, [(0, 0x4000)], 0, 1, moves.resume, 2)[0] == "deferred: migration rate limit"
 
 
-def test_pid_reused_during_migration_moves_pages_back(tmp_path):
+def test_migrate_ranges_checks_the_process_before_and_undoes_a_move_that_hit_a_new_one(tmp_path):
     k = FakeKernel()
-    k.start_after_call = 1
+    k.page_nodes = {0x1000: 0}
     act = make(tmp_path, k)
-    result, moved = act.migrate_pages(100, 5000, [0x1000], 0, 1)
-    assert result.startswith("undone") and moved == 0
+    assert act.migrate_ranges(100, 4999, [(0, 0x2000)], 0, 1, (0, 0), 10) == \
+        ("skipped: process gone or PID reused", None)
+    k.start_after_call = 1
+    assert act.migrate_ranges(100, 5000, [(0, 0x2000)], 0, 1, (0, 0), 10) == ("undone: PID reused during the move", None)
     assert k.page_nodes[0x1000] == 0
+    assert act.counters["pid_reuse_caught_before"] == 1 and act.counters["pid_reuse_undone"] == 1
 
 
 # ---- CPU hotplug ----------------------------------------------------------------------

@@ -1,9 +1,12 @@
 """The daemon's page moves: the groups of one process between the same two nodes go to
-the actuator together (one PID check pair, one move_pages batch), each logged with its
-own result; the rate limit's leftovers are deferred, refused groups set aside."""
+the actuator together (one PID check pair, one call of the C mover), each logged with its
+own result; runs to different nodes go at once, one mover thread per destination node;
+the rate limit's leftovers are deferred, refused groups set aside."""
 
 import logging
+import threading
 
+from autonumad.kernel.numa_calls import RangeMoves
 from autonumad.plan import MigratePages, Plan
 from autonumad.policy_snapshot import GroupRange
 
@@ -14,22 +17,45 @@ REGION = 2 << 20
 
 
 class FakeOps:
-    def __init__(self, refuse=()):
+    """Every page of every range sits on the run's source node until moved; pages in
+    `refuse` stay (-EBUSY). Mirrors ane_move_ranges: from `resume`, at most `limit` pages."""
+
+    def __init__(self, refuse=(), gate=None):
         self.refuse = set(refuse)
-        self.moves = []
+        self.moves = []          # per call: pages handed to the kernel
         self.start_checks = 0
+        self.moved_pages = set()
+        self.gate = gate         # a Barrier: each mover's first call waits for the others'
+        self.threads = set()
 
     def start_time(self, pid):
         self.start_checks += 1
         return 77
 
-    def pages_on_node(self, pid, start, end, node, limit):
-        return list(range(start, end, PAGE))[:limit]
-
-    def move_pages(self, pid, addrs, node):
-        self.moves.append(list(addrs))
-        return [-16 if a in self.refuse else node for a in addrs]
-
+    def move_ranges(self, pid, ranges, from_node, to_node, limit, resume):
+        thread = threading.current_thread().ident
+        if self.gate is not None and thread not in self.threads:
+            self.gate.wait(timeout=5)        # each mover's first call: both must be under way
+        self.threads.add(thread)
+        tried, moved, failures, handed = [0] * len(ranges), [0] * len(ranges), {}, []
+        r, addr = resume
+        while r < len(ranges) and len(handed) < limit:
+            start, end = ranges[r]
+            addr = max(addr, start)
+            if addr >= end:
+                r, addr = r + 1, 0
+                continue
+            if (pid, addr) not in self.moved_pages:
+                handed.append(addr)
+                tried[r] += 1
+                if addr in self.refuse:
+                    failures[16] = failures.get(16, 0) + 1
+                else:
+                    moved[r] += 1
+                    self.moved_pages.add((pid, addr))
+            addr += PAGE
+        self.moves.append(handed)
+        return RangeMoves(tried, moved, failures, None, sum(moved), (r, addr))
 
 def migration(gid, from_node=1, to_node=0, pid=10):
     return MigratePages(pid, 77, "app", gid, from_node, to_node, 512, "its writers run there")
@@ -44,7 +70,7 @@ def test_groups_of_one_process_between_two_nodes_move_in_one_batch(tmp_path, cap
     actions = (migration(1), migration(2), migration(3), migration(9, pid=11))
     caplog.set_level(logging.INFO, logger="autonumad")
     lines = d.apply(Plan(actions, d.policy_state))
-    assert [len(batch) for batch in ops.moves] == [3 * 512, 512]     # one call per process
+    assert sorted(len(batch) for batch in ops.moves) == [512, 3 * 512]   # one call per process
     assert ops.start_checks == 4                                     # before and after each call
     assert [line.rsplit("[", 1)[1] for line in lines] == [
         "done, 512 pages moved]", "done, 512 pages moved]", "done, 0 pages moved]", "done, 512 pages moved]"]
@@ -89,3 +115,41 @@ def test_what_the_rate_limit_did_not_grant_is_deferred_not_set_aside(tmp_path):
     lines = d.apply(Plan((migration(4), migration(5)), d.policy_state))
     assert all(line.endswith("[deferred: migration rate limit, 0 pages moved]") for line in lines)
     assert not d.stuck_groups
+
+
+def test_runs_to_different_nodes_move_at_once_one_mover_per_node(tmp_path):
+    d = make_daemon(tmp_path)
+    ops = FakeOps(gate=threading.Barrier(2))     # each call waits for the other mover's
+    d.actuator.ops = ops
+    d.groups = {(10, 77): {1: GroupRange(REGION, 2 * REGION, 1), 2: GroupRange(2 * REGION, 3 * REGION, 0)}}
+    lines = d.apply(Plan((migration(1, 1, 0), migration(2, 0, 1)), d.policy_state))
+    assert [line.rsplit("[", 1)[1] for line in lines] == ["done, 512 pages moved]", "done, 512 pages moved]"]
+    assert len(ops.threads) == 2 and d.actuator.counters["pages_migrated"] == 1024
+
+
+def test_a_mover_that_fails_fails_its_run_only(tmp_path, caplog):
+    d = make_daemon(tmp_path)
+    ops = FakeOps()
+    real = ops.move_ranges
+
+    def broken(pid, ranges, from_node, to_node, limit, resume):
+        if to_node == 1:
+            raise RuntimeError("bug")
+        return real(pid, ranges, from_node, to_node, limit, resume)
+
+    ops.move_ranges = broken
+    d.actuator.ops = ops
+    d.groups = {(10, 77): {1: GroupRange(REGION, 2 * REGION, 1), 2: GroupRange(2 * REGION, 3 * REGION, 0)}}
+    lines = d.apply(Plan((migration(1, 1, 0), migration(2, 0, 1)), d.policy_state))
+    assert lines[0].endswith("[done, 512 pages moved]") and lines[1].endswith("[failed: bug, 0 pages moved]")
+
+
+def test_the_pass_after_one_that_awaits_a_window_or_a_second_vote_comes_sooner(tmp_path):
+    from autonumad.daemon import PassReport
+    d = make_daemon(tmp_path)                       # scan_sleep_pass_millisecs 10000
+    d.last_pass = PassReport(actions=0)
+    assert d._pass_interval_ms() == 10000           # settled
+    d.last_pass = PassReport(actions=3)
+    assert d._pass_interval_ms() == 2000            # acting: a fifth
+    d.last_pass = PassReport(actions=3, awaiting=2)
+    assert d._pass_interval_ms() == 1000            # the kernel's scan_period_min

@@ -147,6 +147,26 @@ def test_move_pages_to_the_local_node_reports_it(buf):
     assert status[16:] == [UNTOUCHED] * 4
 
 
+def test_move_ranges_goes_through_the_ranges_a_grant_at_a_time(buf):
+    # one node here: the pages are on it already, so each one tried counts as moved
+    touch(buf, 0, 40)
+    node = local_node()
+    base = numa_calls.buffer_address(buf)
+    ranges = [(base, base + 30 * PAGE), (base + 30 * PAGE, base + 50 * PAGE)]
+    first = numa_calls.move_ranges(0, ranges, node, node, 25)
+    assert first.tried == [25, 0] and first.resume == (0, base + 25 * PAGE) and not first.done
+    rest = numa_calls.move_ranges(0, ranges, node, node, 100, first.resume)
+    assert rest.tried == [5, 10] and rest.moved == [5, 10] and rest.done     # 10 untouched pages skipped
+    assert rest.moved_addresses() == [base + i * PAGE for i in range(25, 40)]
+    with pytest.raises(ValueError):
+        numa_calls.move_ranges(0, ranges, node, node, -1)
+
+
+def test_move_ranges_of_a_pid_that_is_gone_raises_process_gone(gone_pid):
+    with pytest.raises(ProcessGone):
+        numa_calls.move_ranges(gone_pid, [(0x10000, 0x20000)], 0, 0, 10)
+
+
 def test_move_pages_takes_one_target_per_page(buf):
     touch(buf, 0, 2)
     node = local_node()

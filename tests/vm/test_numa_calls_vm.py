@@ -260,6 +260,21 @@ def test_moved_pages_show_up_in_numa_maps():
         assert numa_calls.page_nodes(pid, pages) == status
 
 
+def test_move_ranges_moves_only_the_pages_on_the_source_node_and_resumes_where_the_grant_ended():
+    # 4096 pages on node 0, 12288 on node 1, 16 untouched: of two ranges, move node 1's pages to 0
+    with placed_process("4096:0", "12288:1", "16:untouched") as (pid, (start, end)):
+        middle = start + 8192 * PAGE
+        ranges = [(start, middle), (middle, end)]
+        first = numa_calls.move_ranges(pid, ranges, 1, 0, 5000)
+        assert first.tried == [4096, 904] and first.moved == [4096, 904] and not first.done
+        assert first.resume == (1, middle + 904 * PAGE) and first.failures == {}
+        assert sorted(first.moved_addresses())[:2] == [start + 4096 * PAGE, start + 4097 * PAGE]
+        rest = numa_calls.move_ranges(pid, ranges, 1, 0, 1 << 20, first.resume)
+        assert rest.tried == [0, 7288] and rest.moved_total == 7288 and rest.done
+        assert numa_maps(pid)[start] == {0: BUFFER_PAGES}
+        assert numa_calls.move_ranges(pid, ranges, 1, 0, 100).tried == [0, 0]   # nothing left on node 1
+
+
 def test_migrate_process_pages_empties_a_node():
     with placed_process("4096:0", "12288:1") as (pid, (start, _)):
         assert numa_calls.migrate_process_pages(pid, [1], [0]) == 0

@@ -353,7 +353,7 @@ def test_pid_reuse_between_decision_and_action_is_caught_and_undone_on_the_real_
         """Live ops that hand the PID to a new process just before the next affinity or page call."""
 
         def __init__(self):
-            self.swap_before = None  # "set_affinity" or "move_pages"
+            self.swap_before = None  # "set_affinity" or "move_ranges"
             self.replacement = None
 
         def __getattr__(self, name):
@@ -371,10 +371,10 @@ def test_pid_reuse_between_decision_and_action_is_caught_and_undone_on_the_real_
             self._maybe_swap("set_affinity", tid)
             live.set_affinity(tid, cpus)
 
-        def move_pages(self, pid, addrs, node):
-            moved = live.move_pages(pid, addrs, node)
-            self._maybe_swap("move_pages", pid)
-            return moved
+        def move_ranges(self, pid, ranges, from_node, to_node, limit, resume):
+            moves = live.move_ranges(pid, ranges, from_node, to_node, limit, resume)
+            self._maybe_swap("move_ranges", pid)
+            return moves
 
     ops = SwapBeforeSyscall()
     state = DaemonState()
@@ -392,7 +392,8 @@ def test_pid_reuse_between_decision_and_action_is_caught_and_undone_on_the_real_
         children.append(new)
         assert live.start_time(new.pid) != old_start
         assert actuator.move_task(new.pid, old_start, new.pid, 1) == "skipped: process gone or PID reused"
-        assert actuator.migrate_pages(new.pid, old_start, [0x10000], 0, 1)[0] == "skipped: process gone or PID reused"
+        assert actuator.migrate_ranges(new.pid, old_start, [(0x10000, 0x11000)], 0, 1, (0, 0), 1)[0] == \
+            "skipped: process gone or PID reused"
         assert live.get_affinity(new.pid) == online and not state.affinities
         assert actuator.counters["pid_reuse_caught_before"] == 2
 
@@ -412,13 +413,12 @@ def test_pid_reuse_between_decision_and_action_is_caught_and_undone_on_the_real_
                                   text=True)
         children.append(holder)
         start, end = (int(x) for x in holder.stdout.readline().split())
-        addrs = live.pages_on_node(holder.pid, start, end, 0, 1 << 20)
-        assert len(addrs) >= 1000, len(addrs)
-        ops.swap_before = "move_pages"
-        result, moved = actuator.migrate_pages(holder.pid, live.start_time(holder.pid), addrs, 0, 1)
+        ops.swap_before = "move_ranges"
+        result = actuator.migrate_ranges(holder.pid, live.start_time(holder.pid), [(start, end)], 0, 1, (0, 0),
+                                         1 << 20)
         children.append(ops.replacement)
-        assert (result, moved) == ("undone: PID reused during the move", 0)
-        assert actuator.counters["pid_reuse_undone"] == 2 and actuator.counters["pages_migrated"] >= 0.9 * len(addrs)
+        assert result == ("undone: PID reused during the move", None)
+        assert actuator.counters["pid_reuse_undone"] == 2 and actuator.counters["pages_migrated"] >= 1000
         assert ops.replacement.poll() is None and read_numa_maps(files, ops.replacement.pid)
     finally:
         for child in children:
@@ -428,7 +428,7 @@ def test_pid_reuse_between_decision_and_action_is_caught_and_undone_on_the_real_
     print_figures("PID reuse provoked with ns_last_pid", {
         "caught before the action": actuator.counters["pid_reuse_caught_before"],
         "undone after the action": actuator.counters["pid_reuse_undone"],
-        "pages moved then moved back": len(addrs),
+        "pages moved then moved back": actuator.counters["pages_migrated"],
     })
 
 
