@@ -9,7 +9,8 @@ hand the plan to the actuator (or, with --dry-run, print it). Between passes it
 sleeps `scan_sleep_pass_millisecs`, or a fifth of that (at least 1 s) while the
 last pass found something to do, the way AutoNUMA's scan interval shortens while
 pages are misplaced and backs off once the system has settled; 1 s when the next
-pass is awaited for a write-fault window or a second vote on moving page groups.
+pass is awaited for a write-fault window, half that for a second vote on moving page
+groups.
 
 The control socket's handlers run on the server's thread. They read the status the
 last pass published and make changes under `lock`, which the loop holds only
@@ -58,10 +59,15 @@ log = logging.getLogger("autonumad")
 
 ACTIVE_PASS_FRACTION = 5
 MIN_ACTIVE_PASS_S = 1.0
-CONFIRM_PASS_S = 1.0
-"""The pause after a pass that left a write-fault window open or page groups with a first
-vote to move (AutoNUMA's last_nid filter waits for the next pass): the kernel's
-numa_balancing_scan_period_min_ms."""
+WINDOW_PASS_S = 1.0
+"""The pause after a pass that left a write-fault window open (WriteFaultSampler.window_s):
+the kernel's numa_balancing_scan_period_min_ms."""
+VOTE_PASS_S = 0.5
+"""The pause after a pass in which page groups asked to move for the first time: the next
+pass, with threads and pages looked at afresh, is the second vote AutoNUMA's last_nid
+filter waits for."""
+WATCH_TICK_S = 0.5
+"""How often the pause between passes looks for a new process grown big enough to balance."""
 MOVED_GROUP_SHARE = 0.9
 """A page group counts as moved when this share of its pages did (busy pages stay behind)."""
 MIGRATE_WAIT_S = 1.0
@@ -121,8 +127,10 @@ class PassReport:
     processes: int = 0
     new_processes: int = 0
     lines: list[str] = field(default_factory=list)
-    awaiting: int = 0
-    """Write-fault windows left open and page groups that asked to move for the first time."""
+    windows_open: int = 0
+    """Write-fault windows left open."""
+    first_votes: int = 0
+    """Page groups that asked to move for the first time."""
 
 
 class Daemon:
@@ -293,8 +301,10 @@ class Daemon:
         """Short while something is misplaced, new or just moved, shortest while a sampling
         window or a second vote is awaited; the full interval once settled."""
         base = self.config.scan.scan_sleep_pass_millisecs
-        if self.last_pass.awaiting:
-            return min(base, int(CONFIRM_PASS_S * 1000))
+        if self.last_pass.windows_open:
+            return min(base, int(WINDOW_PASS_S * 1000))
+        if self.last_pass.first_votes:
+            return min(base, int(VOTE_PASS_S * 1000))
         target = self.config.policy.locality_target
         misplaced = any(p["locality"] is not None and p["locality"] < target
                         for p in self.published["managed_processes"])
@@ -322,9 +332,11 @@ class Daemon:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            if self.stop_event.wait(min(left, IDLE_TICK_S)) or self.reload_requested or not self.balancing():
+            watching = self._between_passes and not self.budget.throttled
+            if self.stop_event.wait(min(left, WATCH_TICK_S if watching else IDLE_TICK_S)) \
+                    or self.reload_requested or not self.balancing():
                 raise _Interrupted()
-            if self._between_passes and not self.budget.throttled and deadline - time.monotonic() > 0:
+            if watching and deadline - time.monotonic() > 0:
                 pid = self.new_processes.check()
                 if pid is not None:
                     log.debug("pid %d is new and big enough to balance: next pass now", pid)
@@ -367,7 +379,7 @@ class Daemon:
         self.tasks.end_pass()
         self.counters["passes"] += 1
         self.last_pass = PassReport(time.time(), time.monotonic() - started, len(plan.actions), len(observed),
-                                    len(found.new), lines, first_votes + self.sampler.windows_open())
+                                    len(found.new), lines, self.sampler.windows_open(), first_votes)
         self._publish(snapshot)
         return self.last_pass
 

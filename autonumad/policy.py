@@ -189,6 +189,10 @@ class ProcessView:
     """It set a bind/interleave/preferred policy itself: its memory is never migrated."""
     user_pinned: bool = False
     """Someone else pinned the whole process: none of its threads is moved."""
+    touch_locality: float | None = None
+    """Share of its sampled memory on the node of the threads writing it (None: not
+    sampled). For a process spread over nodes the truer locality: half its pages on each
+    node is perfect when each thread writes its own half."""
 
 
 @dataclass(frozen=True)

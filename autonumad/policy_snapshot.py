@@ -123,7 +123,8 @@ class SnapshotBuilder:
                 pid=key.pid, start_time=key.start_time, comm=info.comm,
                 node_pages={n: int(p) for n, p in sorted(mm.node_pages.items()) if p >= 1},
                 tasks=tuple(tasks), page_groups=tuple(page_groups), own_mempolicy=own_policy,
-                user_pinned=bool(tasks) and all(t.user_pinned for t in tasks)))
+                user_pinned=bool(tasks) and all(t.user_pinned for t in tasks),
+                touch_locality=touch_locality(touched, {t.tid: t.cpu_node for t in tasks}) if touched else None))
         self._last_run = last_run
         shown: dict[int, float] = {}
         for view in views:
@@ -181,11 +182,37 @@ def region_groups(regions: Mapping[int, RegionTouches], skip: Collection[int]
     return out
 
 
+def touch_locality(regions: Mapping[int, RegionTouches], thread_node: Mapping[int, int]) -> float | None:
+    """Share of the sampled memory that sits on the node of the threads writing it: each
+    region written by threads still running counts alike (memory, not writes: the
+    interpreter's or allocator's few hot shared pages do not outweigh a thread's own
+    buffer), as local as its sampled pages are on its writers' nodes, each writer weighed
+    by its share of the region's writes. Regions follow the daemon's moves
+    (WriteFaultSampler.note_moved). None without any such region."""
+    local = counted = 0.0
+    for touches in regions.values():
+        on = sum(touches.nodes.values())
+        writes: dict[int, int] = {}
+        for tid, count in touches.tids.items():
+            node = thread_node.get(tid)
+            if node is not None:
+                writes[node] = writes.get(node, 0) + count
+        total = sum(writes.values())
+        if not on or not total:
+            continue
+        counted += 1
+        local += sum(count * touches.nodes.get(node, 0) for node, count in writes.items()) / on / total
+    return local / counted if counted else None
+
+
 def process_locality(view: ProcessView) -> float | None:
     """Share of the process's memory on the node each of its threads runs on, averaged
     over its threads weighted by how busy each is (what the workload tool measures from
     inside: an idle main thread waiting on another node does not make a process misplaced);
-    over all its threads alike when none was seen running."""
+    over all its threads alike when none was seen running. Where its writes were sampled,
+    the share of them local to the writer instead (`ProcessView.touch_locality`)."""
+    if view.touch_locality is not None:
+        return view.touch_locality
     total = sum(view.node_pages.values())
     if not total or not view.tasks:
         return None

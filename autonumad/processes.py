@@ -315,10 +315,10 @@ class NewProcessWatch:
     """Between passes: has a process the last pass did not see grown big enough to balance?
 
     The daemon sleeps up to `scan_sleep_pass_millisecs` once the system has settled;
-    a job that starts meanwhile would wait out that sleep before its first look. Each
-    second of the sleep the daemon calls `check`, which lists /proc and reads the
-    stat file of PIDs the last pass did not see (at most `max_reads` a call, so process
-    churn costs little), and answers the first one whose RSS reached `min_rss_kb` and
+    a job that starts meanwhile would wait out that sleep before its first look. Every
+    half second of the sleep (daemon.WATCH_TICK_S) the daemon calls `check`, which lists
+    /proc and reads the stat file of PIDs the last pass did not see (at most `max_reads`
+    a call, so process churn costs little), and answers the first one whose RSS reached `min_rss_kb` and
     has settled (changed by at most RSS_SETTLED since the previous call); the daemon
     then starts its next pass at once. Kernel threads, zombies and
     processes it may not read are not read again; small new ones are read again on

@@ -151,5 +151,7 @@ def test_the_pass_after_one_that_awaits_a_window_or_a_second_vote_comes_sooner(t
     assert d._pass_interval_ms() == 10000           # settled
     d.last_pass = PassReport(actions=3)
     assert d._pass_interval_ms() == 2000            # acting: a fifth
-    d.last_pass = PassReport(actions=3, awaiting=2)
-    assert d._pass_interval_ms() == 1000            # the kernel's scan_period_min
+    d.last_pass = PassReport(actions=3, first_votes=2)
+    assert d._pass_interval_ms() == 500             # the second vote
+    d.last_pass = PassReport(actions=3, windows_open=1, first_votes=2)
+    assert d._pass_interval_ms() == 1000            # the window: the kernel's scan_period_min

@@ -148,3 +148,18 @@ def test_process_locality_is_memory_on_each_threads_node():
     view = snap.processes[0]
     total = sum(view.node_pages.values())
     assert abs(process_locality(view) - (view.node_pages[1] + view.node_pages[0]) / total / 2) < 1e-9
+
+
+def test_touch_locality_is_the_share_of_sampled_memory_local_to_its_writers():
+    from autonumad.policy import ProcessView, TaskView
+    from autonumad.policy_snapshot import touch_locality
+    regions = {0x200000: RegionTouches({1: 10}, {0: 10}),            # thread 1's, on its node
+               0x400000: RegionTouches({2: 10, 9: 4}, {1: 5, 0: 5}),  # thread 2's, half on its node; 9 exited
+               0x600000: RegionTouches({1: 90, 2: 30}, {0: 2})}       # shared, hot: counts as one region
+    assert touch_locality(regions, {1: 0, 2: 1}) == (1 + 0.5 + 0.75) / 3
+    assert touch_locality(regions, {7: 0}) is None and touch_locality({}, {1: 0}) is None
+    # numa02 done: half the pages on each node, each thread writing its own half
+    tasks = (TaskView(1, 0, 1.0), TaskView(2, 1, 1.0))
+    split = ProcessView(5, 1, "numa02", {0: 100, 1: 100}, tasks)
+    assert process_locality(split) == 0.5
+    assert process_locality(ProcessView(5, 1, "numa02", {0: 100, 1: 100}, tasks, touch_locality=1.0)) == 1.0
