@@ -148,6 +148,7 @@ class Daemon:
         self.started_at = time.time()
         self.counters: Counter = Counter()
         self.last_pass = PassReport()
+        self._quiet_passes = 0  # passes in a row that did nothing and left nothing awaited
         self.published: dict[str, Any] = {"managed_processes": [], "managed_threads": {}}
         self.noautonuma = noautonuma_on_cmdline(files)
         self.topology: Topology = read_topology(files)
@@ -298,18 +299,27 @@ class Daemon:
         return 0
 
     def _pass_interval_ms(self) -> int:
-        """Short while something is misplaced, new or just moved, shortest while a sampling
-        window or a second vote is awaited; the full interval once settled."""
+        """Short while something is new or just moved, shortest while a sampling window or a
+        second vote is awaited; the full interval once settled. While something stays
+        misplaced with nothing to do about it (a process bigger than one node, a full
+        node), the short interval doubles with each such pass, up to the full one (as the
+        kernel's NUMA scan period grows while its scans change nothing)."""
         base = self.config.scan.scan_sleep_pass_millisecs
-        if self.last_pass.windows_open:
+        last = self.last_pass
+        busy = last.windows_open or last.first_votes or last.actions or last.new_processes
+        self._quiet_passes = 0 if busy else self._quiet_passes + 1
+        if last.windows_open:
             return min(base, int(WINDOW_PASS_S * 1000))
-        if self.last_pass.first_votes:
+        if last.first_votes:
             return min(base, int(VOTE_PASS_S * 1000))
+        active = min(base, max(int(MIN_ACTIVE_PASS_S * 1000), base // ACTIVE_PASS_FRACTION))
+        if busy:
+            return active
         target = self.config.policy.locality_target
         misplaced = any(p["locality"] is not None and p["locality"] < target
                         for p in self.published["managed_processes"])
-        if self.last_pass.actions or self.last_pass.new_processes or misplaced:
-            return min(base, max(int(MIN_ACTIVE_PASS_S * 1000), base // ACTIVE_PASS_FRACTION))
+        if misplaced:
+            return min(base, active << min(self._quiet_passes - 1, 16))  # 1, 2, 4... times
         return base
 
     def _request_reload(self) -> None:
@@ -618,10 +628,10 @@ class Daemon:
                 # the group moved (a few busy pages aside): its sampled writes now sit on the new node
                 followed += self.sampler.note_moved(ProcessKey(m.pid, m.start_time), group.start, group.end,
                                                     m.from_node, m.to_node)
-            if tried and (moved == 0 or moved < STUCK_MOVED_SHARE * tried):
-                # shared (EACCES), busy or already gone, all or most of it: leave this group
-                # alone for a while (retrying it would keep the daemon scanning at its active
-                # pace for pages that do not move)
+            if not group_result.startswith("deferred") and (moved == 0 or moved < STUCK_MOVED_SHARE * tried):
+                # shared (EACCES), busy or already gone (the scan's decayed counts lag behind),
+                # all or most of it: leave this group alone for a while (retrying it would keep
+                # the daemon scanning at its active pace for pages that do not move)
                 self.stuck_groups[(m.pid, m.start_time, m.group_id)] = time.monotonic() + STUCK_GROUP_RETRY_S
             results[m] = f"{group_result}, {moved} pages moved"
         first = members[0][0]

@@ -155,3 +155,15 @@ def test_the_pass_after_one_that_awaits_a_window_or_a_second_vote_comes_sooner(t
     assert d._pass_interval_ms() == 500             # the second vote
     d.last_pass = PassReport(actions=3, windows_open=1, first_votes=2)
     assert d._pass_interval_ms() == 1000            # the window: the kernel's scan_period_min
+
+
+def test_a_misplacement_nothing_can_be_done_about_is_looked_at_less_and_less_often(tmp_path):
+    from autonumad.daemon import PassReport
+    d = make_daemon(tmp_path)
+    d.published["managed_processes"] = [{"locality": 0.5}]      # bigger than one node, say
+    d.last_pass = PassReport(actions=2)
+    assert d._pass_interval_ms() == 2000
+    d.last_pass = PassReport(actions=0)
+    assert [d._pass_interval_ms() for _ in range(4)] == [2000, 4000, 8000, 10000]
+    d.last_pass = PassReport(actions=1)
+    assert d._pass_interval_ms() == 2000                        # something moved: short again
