@@ -84,12 +84,15 @@ class PolicyState:
         in an exchange are not recorded.
     group_target: AutoNUMA's last_nid: the node each page group wanted to move to
         on the last pass. A group migrates only when this pass wants the same node.
+    group_window: for groups seen through sampled writes, the sampling window that
+        last pass's wish came from: the agreeing pass must have seen a newer one.
     group_migrated_at: when each page group was last queued for migration; it is
         not migrated again within settle_seconds, so never straight back.
     """
 
     task_moved_at: Mapping[TaskKey, float] = field(default_factory=dict)
     group_target: Mapping[GroupKey, int] = field(default_factory=dict)
+    group_window: Mapping[GroupKey, int] = field(default_factory=dict)
     group_migrated_at: Mapping[GroupKey, float] = field(default_factory=dict)
 
 

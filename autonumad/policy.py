@@ -172,6 +172,10 @@ class PageGroup:
     """Pages the actuator would move."""
     touches: Mapping[int, int] = field(default_factory=dict)
     """tid -> decayed count of that thread's sampled touches of these pages."""
+    window: int | None = None
+    """For a group seen through sampled writes, the last sampling window that saw it
+    written: a move needs the votes of two passes that saw it in different windows (None:
+    the group's figures are the scan's, new at every pass)."""
 
 
 @dataclass(frozen=True)
@@ -247,6 +251,7 @@ def plan_pass(snapshot: Snapshot, state: PolicyState, config: PolicyConfig) -> P
         state=PolicyState(
             task_moved_at=recent(state.task_moved_at, live_tasks) | placement.settled,
             group_target=migrations.targets,
+            group_window=migrations.windows,
             group_migrated_at=recent(state.group_migrated_at, live_groups) | migrations.queued,
         ),
     )
@@ -649,6 +654,8 @@ class _Migrations:
     actions: tuple[Action, ...] = ()
     targets: Mapping[GroupKey, int] = field(default_factory=dict)
     """Where each group wanted to go this pass (the next pass's last_nid)."""
+    windows: Mapping[GroupKey, int] = field(default_factory=dict)
+    """The sampling window each of those wishes was made from."""
     queued: Mapping[GroupKey, float] = field(default_factory=dict)
 
 
@@ -666,6 +673,7 @@ def _plan_migrations(snapshot: Snapshot, state: PolicyState, config: PolicyConfi
                      moving: frozenset[ProcessKey]) -> _Migrations:
     nodes = {n.id: n for n in snapshot.nodes}
     targets: dict[GroupKey, int] = {}
+    windows: dict[GroupKey, int] = {}
     wishes: list[_Wish] = []
     for process in sorted(snapshot.processes, key=_process_key):
         if process.own_mempolicy or _process_key(process) in moving:
@@ -688,7 +696,10 @@ def _plan_migrations(snapshot: Snapshot, state: PolicyState, config: PolicyConfi
                 continue
             target, gain, why = wish
             targets[key] = target
-            if state.group_target.get(key) == target:
+            if group.window is not None:
+                windows[key] = group.window
+            if state.group_target.get(key) == target and (group.window is None
+                                                          or state.group_window.get(key) != group.window):
                 wishes.append(_Wish(gain, key, process, group, target, why))
 
     actions: list[MigratePages] = []
@@ -709,7 +720,7 @@ def _plan_migrations(snapshot: Snapshot, state: PolicyState, config: PolicyConfi
         actions.append(MigratePages(wish.process.pid, wish.process.start_time, wish.process.comm, group.id,
                                     group.node, to, group.pages, f"{wish.why}; two passes agree{spill}"))
     holds = _holds(snapshot.processes, {(a.pid, a.start_time) for a in actions}, nodes, config)
-    return _Migrations(tuple(holds) + tuple(actions), targets, queued)
+    return _Migrations(tuple(holds) + tuple(actions), targets, windows, queued)
 
 
 def _holds(processes: tuple[ProcessView, ...], migrating: set[ProcessKey], nodes: Mapping[int, NodeView],

@@ -169,7 +169,8 @@ def mapping_groups(mm: MmSnapshot, threads: list[ThreadStats],
 
 def region_groups(regions: Mapping[int, RegionTouches], skip: Collection[int]
                   ) -> dict[int, tuple[PageGroup, GroupRange]]:
-    """Groups of a process seen through its sampled writes: (2 MiB region, node)."""
+    """Groups of a process seen through its sampled writes: (2 MiB region, node), each with
+    the last sampling window that saw the region written."""
     out = {}
     region_pages = REGION_BYTES // PAGE_SIZE
     for start, touches in sorted(regions.items()):
@@ -177,7 +178,8 @@ def region_groups(regions: Mapping[int, RegionTouches], skip: Collection[int]
         for node, count in sorted(touches.nodes.items()):
             gid = group_id(start, node)
             if gid not in skip:
-                out[gid] = (PageGroup(gid, node, max(1, region_pages * count // total), dict(touches.tids)),
+                out[gid] = (PageGroup(gid, node, max(1, int(region_pages * count // total)), dict(touches.tids),
+                                      touches.window),
                             GroupRange(start, start + REGION_BYTES, node))
     return out
 

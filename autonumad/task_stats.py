@@ -16,10 +16,16 @@ halves its per-thread counters, so a thread's figures weigh the last passes most
   (soft-dirty clear: every page is write-protected again, so the first write to
   each takes a fault) and after `window_s` reads the (tid, address, cpu) samples;
   each sampled page's node (numa_calls.page_nodes) counts one access for that
-  thread on that node. Only writes are seen. Arming is paced (at most `max_armed`
-  processes armed at once, each re-armed at most every `rearm_after_s`) because it
-  costs the target one minor fault per page it writes; `fault_sampling = false`
-  in [scan] turns it off.
+  thread on that node. Only writes are seen. Windows come in pairs: the second is
+  armed as soon as the first is read, so that a page group's move is voted for by
+  two windows, not twice by one (a soft-dirty window sees only each page's first
+  writer: where two threads sweep the same memory, one window shows each region as
+  written by whichever came first). Each process's written regions accumulate over
+  windows, older windows' counts halved at each new one (as AutoNUMA halves its
+  per-task counters), so memory two threads share shows as shared. Arming is paced
+  (at most `max_armed` processes armed at once, a pair at most every
+  `rearm_after_s`) because it costs the target one minor fault per page it writes;
+  `fault_sampling = false` in [scan] turns it off.
 
 Preferred node of a thread: where most of its sampled accesses went (given at least
 MIN_ACCESS_SAMPLES of them), else where it ran most, else where it runs now.
@@ -210,8 +216,38 @@ write it even inside one mapping (numa02: one buffer, a slice per thread)."""
 class RegionTouches:
     """One region's sampled writes: by thread, and by the node the written page was on."""
 
-    tids: dict[int, int] = field(default_factory=dict)
-    nodes: dict[int, int] = field(default_factory=dict)
+    tids: dict[int, float] = field(default_factory=dict)
+    nodes: dict[int, float] = field(default_factory=dict)
+    window: int = 0
+    """The last of its process's sampling windows that saw it written (1, 2, ...)."""
+
+
+REGION_DECAY = 0.5
+"""At each new window, the counts of the earlier ones are multiplied by this."""
+REGION_MIN_COUNT = 0.25
+"""A decayed count below this is dropped (after three windows without a new write)."""
+
+
+def merge_regions(old: Mapping[int, RegionTouches], new: Mapping[int, RegionTouches], window: int,
+                  decay: float = REGION_DECAY) -> dict[int, RegionTouches]:
+    """The regions of the windows so far (`old`, decayed) with those written in the new
+    window, number `window`, added."""
+    def scaled(counts: Mapping[int, float]) -> dict[int, float]:
+        return {k: v * decay for k, v in counts.items() if v * decay >= REGION_MIN_COUNT}
+
+    out: dict[int, RegionTouches] = {}
+    for start, touches in old.items():
+        tids, nodes = scaled(touches.tids), scaled(touches.nodes)
+        if tids and nodes:
+            out[start] = RegionTouches(tids, nodes, touches.window)
+    for start, touches in new.items():
+        merged = out.setdefault(start, RegionTouches())
+        merged.window = window
+        for tid, count in touches.tids.items():
+            merged.tids[tid] = merged.tids.get(tid, 0) + count
+        for node, count in touches.nodes.items():
+            merged.nodes[node] = merged.nodes.get(node, 0) + count
+    return out
 
 
 def region_touches(samples: Sequence[tuple[int, int, int]], nodes: Sequence[int]) -> dict[int, RegionTouches]:
@@ -297,7 +333,11 @@ class WriteFaultSampler:
         self.counters = FaultSamplerCounters()
         self._armed: dict[ProcessKey, _Armed] = {}
         self.regions: dict[ProcessKey, dict[int, RegionTouches]] = {}
-        """Per process, the last sampling window's writes per REGION_BYTES region."""
+        """Per process, the sampled writes per REGION_BYTES region, over its windows (decayed)."""
+        self.windows: dict[ProcessKey, int] = {}
+        """Per process, how many windows were read (the number of the last one)."""
+        self._pair_open: set[ProcessKey] = set()   # first window of a pair read: arm the second now
+        self._second: set[ProcessKey] = set()      # the window armed is the second of its pair
         self._last_armed: dict[ProcessKey, float] = {}
         self._period: dict[ProcessKey, int] = {}
         self.unavailable: str | None = None
@@ -324,7 +364,7 @@ class WriteFaultSampler:
         for key in keys:
             if len(self._armed) >= self.max_armed:
                 break
-            if key in self._armed or (key in self._last_armed
+            if key in self._armed or (key not in self._pair_open and key in self._last_armed
                                       and now - self._last_armed[key] < self.rearm_after_s):
                 continue
             if len(self.tasks.busy_thread_nodes(key)) > 1:
@@ -353,6 +393,9 @@ class WriteFaultSampler:
     def forget(self, keys: Iterable[ProcessKey]) -> None:
         for key in keys:
             self.regions.pop(key, None)
+            self.windows.pop(key, None)
+            self._pair_open.discard(key)
+            self._second.discard(key)
             armed = self._armed.pop(key, None)
             if armed is not None:
                 self.calls.close_fault_sampler(armed.handle)
@@ -406,6 +449,11 @@ class WriteFaultSampler:
             self.calls.close_fault_sampler(handle)
             return
         self._armed[key] = _Armed(key, handle, now, period=period, threads=len(tids))
+        if key in self._pair_open:
+            self._pair_open.discard(key)
+            self._second.add(key)
+        else:
+            self._second.discard(key)
         self.counters.armed += 1
         log.debug("pid %d: write-fault sampling armed on %d threads", key.pid, len(tids))
 
@@ -430,4 +478,11 @@ class WriteFaultSampler:
         nodes = [page_node[addr & ~(PAGE_SIZE - 1)] for _, addr, _ in samples]
         self.counters.samples += len(samples)
         self.counters.credited += self.tasks.add_accesses(armed.key, samples, nodes)
-        self.regions[armed.key] = region_touches(samples, nodes)
+        key = armed.key
+        self.windows[key] = self.windows.get(key, 0) + 1
+        self.regions[key] = merge_regions(self.regions.get(key, {}), region_touches(samples, nodes),
+                                          self.windows[key])
+        if key in self._second:
+            self._second.discard(key)
+        else:
+            self._pair_open.add(key)

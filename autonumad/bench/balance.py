@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from autonumad.kernel.procfs import parse_maps, parse_numa_maps
+from autonumad.workload import HUGE_PAGE_BYTES
 
 BALANCERS = ("none", "kernel", "numad", "autonumad")
 LOCALITY_GOAL = 0.9
@@ -147,9 +148,11 @@ def final_nodes(reports: Sequence[Mapping[str, Any]]) -> dict[int, list[int]]:
 
 
 def buffer_node_pages(maps_text: str, numa_maps_text: str, buffer_bytes: int) -> dict[int, int] | None:
-    """Base pages per node of the workload's buffer: the anonymous mapping exactly `buffer_bytes`
-    long (the workload keeps it a VMA of its own); None if there is no such mapping."""
-    starts = [m.start for m in parse_maps(maps_text) if m.end - m.start == buffer_bytes and not m.path]
+    """Base pages per node of the workload's buffer: the anonymous mapping one huge page longer
+    than `buffer_bytes` (the workload keeps it a VMA of its own and starts the buffer on a
+    huge-page boundary inside it); None if there is no such mapping."""
+    length = buffer_bytes + HUGE_PAGE_BYTES
+    starts = [m.start for m in parse_maps(maps_text) if m.end - m.start == length and not m.path]
     if not starts:
         return None
     entries = {e.start: e for e in parse_numa_maps(numa_maps_text)}

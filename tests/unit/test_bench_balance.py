@@ -85,17 +85,17 @@ def test_thread_moves_count_node_changes_in_the_last_half_only():
 
 MAPS = """\
 55d0c0000000-55d0c0021000 r--p 00000000 fe:01 123 /usr/bin/python3.11
-7f0000000000-7f0019000000 rw-p 00000000 00:00 0
-7f0019000000-7f0019400000 rw-p 00000000 00:00 0
+7f0000000000-7f0019200000 rw-p 00000000 00:00 0
+7f0019200000-7f0019600000 rw-p 00000000 00:00 0
 """
 NUMA_MAPS = """\
 55d0c0000000 default file=/usr/bin/python3.11 mapped=33 N0=33 kernelpagesize_kB=4
 7f0000000000 default anon=102400 dirty=102400 N1=100000 N2=2400 kernelpagesize_kB=4
-7f0019000000 default anon=1024 dirty=1024 N0=1024 kernelpagesize_kB=4
+7f0019200000 default anon=1024 dirty=1024 N0=1024 kernelpagesize_kB=4
 """
 
 
-def test_the_buffer_is_the_anonymous_mapping_of_exactly_its_length():
+def test_the_buffer_is_the_anonymous_mapping_one_huge_page_longer_than_it():
     assert buffer_node_pages(MAPS, NUMA_MAPS, 400 * MIB) == {1: 100000, 2: 2400}
     assert buffer_node_pages(MAPS, NUMA_MAPS, 300 * MIB) is None
 

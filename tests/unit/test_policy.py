@@ -257,6 +257,18 @@ def test_memory_follows_a_pinned_thread_after_two_passes():
     assert second.state.group_migrated_at == {(811, 5811, 7): NOW + 1}
 
 
+def test_sampled_memory_moves_only_when_two_windows_agree_not_one_window_twice():
+    def spread(window):   # threads on nodes 0 and 1; the region on node 0 written by node 1's thread
+        return process(811, [thread(811, 0), thread(812, 1)], {0: 1000},
+                       [PageGroup(7, 0, 512, {812: 9}, window=window), PageGroup(8, 0, 512, {811: 9}, window=window)])
+    first = plan(machine(), spread(1))
+    same = plan(machine(), spread(1), state=first.state, time=NOW + 1)
+    assert migrations(first) == migrations(same) == []
+    assert same.state.group_window == {(811, 5811, 7): 1}
+    newer = plan(machine(), spread(2), state=same.state, time=NOW + 2)
+    assert [(m.group_id, m.from_node, m.to_node) for m in migrations(newer)] == [(7, 0, 1)]
+
+
 def test_a_node_whose_cpus_went_offline_gets_no_thread_and_its_memory_comes_to_the_threads():
     two = machine(2)
     memory_only = (two[0], replace(two[1], cpus=()))

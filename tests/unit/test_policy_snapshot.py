@@ -120,13 +120,14 @@ def test_groups_found_unmovable_are_left_out():
 
 
 def test_sampled_writes_make_region_groups_with_their_writers():
-    regions = {KEY: {HEAP: RegionTouches({101: 30}, {1: 30}),
-                     HEAP + REGION_BYTES: RegionTouches({102: 10, 101: 10}, {0: 15, 1: 5})}}
+    regions = {KEY: {HEAP: RegionTouches({101: 30}, {1: 30}, window=2),
+                     HEAP + REGION_BYTES: RegionTouches({102: 10, 101: 10}, {0: 15, 1: 5}, window=1)}}
     snap, groups = build(SnapshotBuilder(), 1.0, [thread(101, 0), thread(102, 1)], regions=regions)
     by_id = {g.id: g for g in snap.processes[0].page_groups}
     first = by_id[group_id(HEAP, 1)]
-    assert first.pages == REGION_BYTES // 4096 and first.touches == {101: 30}
+    assert first.pages == REGION_BYTES // 4096 and first.touches == {101: 30} and first.window == 2
     assert by_id[group_id(HEAP + REGION_BYTES, 0)].pages == 384
+    assert by_id[group_id(HEAP + REGION_BYTES, 0)].window == 1     # each region: the last window that saw it
     assert groups[(KEY.pid, KEY.start_time)][group_id(HEAP, 1)].end == HEAP + REGION_BYTES
 
 

@@ -210,7 +210,8 @@ def test_arms_a_spread_process_and_credits_its_threads():
     assert len(calls.closed) == 1
     threads = {th.tid: th for th in tasks.threads(key)}
     assert threads[1000].accesses == {0: 6.0} and threads[1001].accesses == {1: 10.0}
-    assert s.counters.samples == 16 and s.counters.credited == 16 and s.counters.armed == 1
+    assert s.counters.samples == 16 and s.counters.credited == 16
+    assert s.counters.armed == 2 and s.windows[key] == 1     # the pair's second window: armed at once
 
 
 def test_every_fault_is_sampled_until_a_window_loses_samples_then_one_in_enough():
@@ -229,9 +230,7 @@ def test_every_fault_is_sampled_until_a_window_loses_samples_then_one_in_enough(
     s.poll([key])
     calls.samples = [(1000, 0x5000 + 4096 * i, 0) for i in range(2048)]
     clock.now = 1.0
-    s.poll([key])
-    clock.now = 40.0
-    s.poll([key])
+    s.poll([key])                                  # the first window lost samples: the second samples less
     assert calls.periods == [1, 10] and s.counters.lost == 8192
 
 
@@ -371,3 +370,34 @@ def test_busy_thread_nodes_count_busy_threads_once_each_and_not_idle_ones():
     assert t.busy_thread_nodes(other) == {0, 1}
     t.observe(other, [snap(201, 1, 1900), snap(202, 3, 1950)])
     assert t.busy_thread_nodes(other) == {0, 1}
+
+
+def test_windows_come_in_pairs_then_wait_and_their_regions_add_up_decayed():
+    key = ProcessKey(1000, 1)
+    calls, clock = FakeCalls(), Clock()
+    _, s = sampler(spread_table(key), calls, clock)
+    s.poll([key])                                            # window 1 armed at 0
+    calls.samples = [(1000, 0x200000, 0)] * 4
+    calls.page_node = lambda addr: 0
+    clock.now = 1.0
+    s.poll([key])                                            # read; window 2 armed at once
+    assert len(calls.opened) == 2 and s.windows[key] == 1
+    assert s.regions[key][0x200000].tids == {1000: 4}
+    calls.samples = [(1001, 0x200000, 2)] * 2                # the other thread, first this time
+    clock.now = 2.0
+    s.poll([key])                                            # read; the pair is done: no third yet
+    assert len(calls.opened) == 2 and s.windows[key] == 2
+    assert s.regions[key][0x200000].tids == {1000: 2.0, 1001: 2}   # window 1's counts halved
+    assert s.regions[key][0x200000].nodes == {0: 4.0} and s.regions[key][0x200000].window == 2
+    clock.now = 31.5
+    s.poll([key])                                            # rearm_after_s from window 2's arming
+    assert len(calls.opened) == 3
+
+
+def test_merged_regions_drop_what_has_not_been_written_for_three_windows():
+    from autonumad.task_stats import RegionTouches, merge_regions
+    regions = {0x200000: RegionTouches({5: 1}, {0: 1}, window=1)}
+    for window in (2, 3):
+        regions = merge_regions(regions, {0x400000: RegionTouches({5: 1}, {0: 1})}, window)
+        assert regions[0x200000].window == 1 and regions[0x400000].window == window
+    assert 0x200000 not in merge_regions(regions, {}, 4)
