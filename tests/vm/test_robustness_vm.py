@@ -44,9 +44,17 @@ RESERVE_MB = 128
 ROBUST_CONFIG = TEST_CONFIG + f"""[migrate]
 node_reserve_mb = {RESERVE_MB}
 """
-CHURN_SECONDS = float(os.environ.get("AUTONUMAD_CHURN_SECONDS", "60"))  # scripts/soak sets both
+CHURN_SECONDS = float(os.environ.get("AUTONUMAD_CHURN_SECONDS", "60"))  # scripts/soak sets these
 CHURN_WORKLOAD_MB = int(os.environ.get("AUTONUMAD_CHURN_MB", "64"))
+CHURN_SOLO_SECONDS = float(os.environ.get("AUTONUMAD_CHURN_SOLO_SECONDS", "15"))
 CHURN_PID_MAX = 8192
+ALL_KINDS_OFF = ("--fork-exec", "0", "--fork-exit", "0", "--threads", "0", "--short-lived", "0",
+                 "--affinity-procs", "0", "--mempolicy-procs", "0", "--mmap-procs", "0")
+SOLO_PHASES = (("fork_exec", "--fork-exec", "8"), ("fork_exit", "--fork-exit", "80"), ("threads", "--threads", "2500"))
+"""After the mixed churn, each fast kind alone at its default rate (half the capacities the
+robustness issue measured: 15 fork+exec/s, 160 fork+exit/s, 5,000 threads/s): all at once
+they outrun two TCG CPUs. Measured alone beside a 2 x 200 MB workload in the 2-node VM:
+~43 fork+exec/s, ~515 fork+exit/s, ~3,000 threads/s (64 KiB stacks)."""
 PAGE_MB = 4096 / (1 << 20)
 
 
@@ -103,18 +111,15 @@ def daemon(tmp_path_factory):
         assert d.stop() == 0
 
 
-def test_churn_beside_a_workload_leaves_the_daemon_answering_and_the_workload_converging(daemon,
-                                                                                         tmp_path_factory):
-    tmp = str(tmp_path_factory.mktemp("churn"))
-    before = status(daemon.sock)
-    w = Workload(tmp, "churned", "--shape", "numa01", "--processes", "2", "--threads", "1",
-                 "--mb", str(CHURN_WORKLOAD_MB), "--duration", str(CHURN_SECONDS + 600), "--affinity", "free")
+def _churn_phase(daemon, w, tmp: str, name: str, seconds: float, args: tuple[str, ...] = ()):
+    """Run scripts/churn for `seconds` with `args`; returns (its table, its rates, the
+    daemon's CPU % over the phase, the daemon's largest RSS in KiB seen)."""
+    out = open(f"{tmp}/churn-{name}.out", "w+")  # a file: a pipe nobody reads until churn exits could fill up
     churn = None
-    churn_out = open(f"{tmp}/churn.out", "w+")  # a file: a pipe nobody reads until churn exits could fill up
     try:
-        churn = subprocess.Popen([sys.executable, f"{REPO}/scripts/churn", "--duration", str(CHURN_SECONDS),
-                                  "--pid-max", str(CHURN_PID_MAX), "--json", f"{tmp}/churn.json"],
-                                 stdout=churn_out, stderr=subprocess.STDOUT)
+        churn = subprocess.Popen([sys.executable, f"{REPO}/scripts/churn", "--duration", str(seconds),
+                                  "--pid-max", str(CHURN_PID_MAX), "--json", f"{tmp}/churn-{name}.json", *args],
+                                 stdout=out, stderr=subprocess.STDOUT)
         cpu0, rss_max = daemon.usage()
         t0 = time.monotonic()
         next_note = t0 + 60
@@ -123,39 +128,62 @@ def test_churn_beside_a_workload_leaves_the_daemon_answering_and_the_workload_co
             rss_max = max(rss_max, daemon.usage()[1])
             if time.monotonic() >= next_note:  # a long soak says how it goes (pytest -s shows it)
                 next_note += 60
-                print(f"churn: {time.monotonic() - t0:.0f} s, daemon passes "
+                print(f"churn ({name}): {time.monotonic() - t0:.0f} s, daemon passes "
                       f"{status(daemon.sock)['counters'].get('passes', 0)}, workload locality {w.locality():.2f}",
                       flush=True)
-            assert time.monotonic() - t0 < CHURN_SECONDS + 120, "scripts/churn did not stop on time"
-        cpu1 = daemon.usage()[0]
-        churn_s = time.monotonic() - t0
-        churn_out.seek(0)
-        table = churn_out.read()
+            assert time.monotonic() - t0 < seconds + 120, "scripts/churn did not stop on time"
+        cpu_pct = round(100 * (daemon.usage()[0] - cpu0) / (time.monotonic() - t0), 1)
+        out.seek(0)
+        table = out.read()
         assert churn.returncode == 0, table
-        with open(f"{tmp}/churn.json") as f:
+        with open(f"{tmp}/churn-{name}.json") as f:
             rates = json.load(f)["kinds"]
         assert daemon.proc.poll() is None, daemon.read_log()[-4000:]
+        return table, rates, cpu_pct, rss_max
+    finally:
+        if churn is not None and churn.poll() is None:
+            churn.kill()
+            churn.wait()
+        out.close()
+
+
+def test_churn_beside_a_workload_leaves_the_daemon_answering_and_the_workload_converging(daemon,
+                                                                                         tmp_path_factory):
+    tmp = str(tmp_path_factory.mktemp("churn"))
+    before = status(daemon.sock)
+    total_s = CHURN_SECONDS + len(SOLO_PHASES) * CHURN_SOLO_SECONDS
+    w = Workload(tmp, "churned", "--shape", "numa01", "--processes", "2", "--threads", "1",
+                 "--mb", str(CHURN_WORKLOAD_MB), "--duration", str(total_s + 600), "--affinity", "free")
+    phases = []
+    try:
+        phases.append(("all kinds at once", *_churn_phase(daemon, w, tmp, "mixed", CHURN_SECONDS)))
+        if CHURN_SOLO_SECONDS > 0:
+            for kind, flag, rate in SOLO_PHASES:
+                on = list(ALL_KINDS_OFF)
+                on[on.index(flag) + 1] = rate
+                phases.append((f"{kind} alone", *_churn_phase(daemon, w, tmp, kind, CHURN_SOLO_SECONDS, tuple(on))))
         after = status(daemon.sock)
         loc = w.wait_locality(0.9, timeout=90)
         assert loc >= 0.9, f"locality {loc:.2f} 90 s after the churn\n{daemon.read_log()[-4000:]}"
         assert not daemon.trouble(), "\n".join(daemon.trouble()[:20])
     finally:
-        if churn is not None and churn.poll() is None:
-            churn.kill()
-            churn.wait()
-        churn_out.close()
         summaries = w.stop()
     assert all(s["mismatches"] == 0 for s in summaries), summaries
     counters = {k: after["counters"].get(k, 0) - before["counters"].get(k, 0)
                 for k in ("pid_reuse_caught_before", "pid_reuse_undone", "process_gone", "task_moves",
                           "pages_migrated", "access_denied", "affinity_failed", "passes")}
-    print(table)
-    print_figures(f"{CHURN_SECONDS:g} s of churn beside 2 x {CHURN_WORKLOAD_MB} MB numa01", {
-        "churn achieved/s": ", ".join(f"{k} {v['achieved']:g}" for k, v in rates.items()),
+    for _, table, _, _, _ in phases:
+        print(table)
+    achieved = {}
+    for name, _, rates, cpu_pct, _ in phases:
+        shown = {k: v for k, v in rates.items() if v["target"] > 0}
+        achieved[name] = (", ".join(f"{k} {v['achieved']:g}/s" for k, v in shown.items())
+                          + f" (daemon CPU {cpu_pct}%)")
+    print_figures(f"{total_s:g} s of churn beside 2 x {CHURN_WORKLOAD_MB} MB numa01", {
+        **{f"churn, {name}": text for name, text in achieved.items()},
         "daemon counters during the test": counters,
         "page statuses (since start)": after["page_status"] or "none",
-        "daemon CPU % during churn": round(100 * (cpu1 - cpu0) / churn_s, 1),
-        "daemon max RSS MB during churn": round(rss_max / 1024, 1),
+        "daemon max RSS MB during churn": round(max(p[4] for p in phases) / 1024, 1),
         "final locality": round(loc, 3),
         "bytes verified": sum(s["verified_bytes"] for s in summaries),
         "mismatches": sum(s["mismatches"] for s in summaries),
