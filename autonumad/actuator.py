@@ -259,7 +259,7 @@ class Actuator:
                        to_node: int, resume: tuple[int, int], want: int) -> tuple[str, RangeMoves | None]:
         """Move pages of `ranges` that sit on `from_node` to `to_node`, from `resume` on, up to
         the rate limit's grant of `want` pages (what finds no page is given back); returns
-        (result, what the C loop did, or None when nothing was tried). Safe to call from
+        (result, what the C loop did: None unless the result is "done"). Safe to call from
         several threads at once."""
         if self.ops.start_time(pid) != start_time:
             self._count("pid_reuse_caught_before")
@@ -277,11 +277,17 @@ class Actuator:
             gone = isinstance(exc, ProcessGone)
             self._count("process_gone" if gone else "access_denied")
             return ("skipped: process gone" if gone else "refused: access denied"), None
+        except OSError as exc:  # e.g. ENODEV: the target node has no memory (any more)
+            with self._moves_lock:
+                self.rate_limit.give_back(granted)
+            self._count("migrations_failed")
+            return f"failed: {exc.strerror or exc}", None
         with self._moves_lock:
             self.rate_limit.give_back(granted - sum(moves.tried))
             self.counters["pages_migrated"] += moves.moved_total
             for err, count in moves.failures.items():
-                self.counters["page_status_" + PAGE_STATUS_NAMES.get(-err, f"errno_{err}")] += count
+                name = PAGE_STATUS_NAMES.get(-err, f"errno_{err}") if err else "other"
+                self.counters["page_status_" + name] += count
         if self.ops.start_time(pid) != start_time:
             try:
                 self.ops.move_pages(pid, moves.moved_addresses(), from_node)

@@ -306,7 +306,7 @@ class Daemon:
         kernel's NUMA scan period grows while its scans change nothing)."""
         base = self.config.scan.scan_sleep_pass_millisecs
         last = self.last_pass
-        busy = last.windows_open or last.first_votes or last.actions or last.new_processes
+        busy = last.first_votes or last.actions or last.new_processes  # a window alone is routine sampling
         self._quiet_passes = 0 if busy else self._quiet_passes + 1
         if last.windows_open:
             return min(base, int(WINDOW_PASS_S * 1000))
@@ -625,9 +625,10 @@ class Daemon:
             else:
                 group_result = "done"
             if group_result == "done" and complete and moved >= MOVED_GROUP_SHARE * tried:
-                # the group moved (a few busy pages aside): its sampled writes now sit on the new node
+                # the group moved (a few busy pages aside): its sampled writes now sit on the new
+                # node; or none of it was left on that node: they sit on none that we know
                 followed += self.sampler.note_moved(ProcessKey(m.pid, m.start_time), group.start, group.end,
-                                                    m.from_node, m.to_node)
+                                                    m.from_node, m.to_node if tried else None)
             if not group_result.startswith("deferred") and (moved == 0 or moved < STUCK_MOVED_SHARE * tried):
                 # shared (EACCES), busy or already gone (the scan's decayed counts lag behind),
                 # all or most of it: leave this group alone for a while (retrying it would keep

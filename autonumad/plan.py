@@ -75,6 +75,10 @@ class MigratePages:
 Action = MoveTask | ExchangeTasks | MigratePages
 
 
+SCAN_VOTE = -1
+"""PolicyState.group_window of a wish that did not come from sampled writes."""
+
+
 @dataclass(frozen=True)
 class PolicyState:
     """What one pass of the policy tells the next. Start with `PolicyState()`.
@@ -84,8 +88,11 @@ class PolicyState:
         in an exchange are not recorded.
     group_target: AutoNUMA's last_nid: the node each page group wanted to move to
         on the last pass. A group migrates only when this pass wants the same node.
-    group_window: for groups seen through sampled writes, the sampling window that
-        last pass's wish came from: the agreeing pass must have seen a newer one.
+    group_window: what each of last pass's wishes came from: the number of the
+        sampling window that last saw the group written, for a wish made from sampled
+        writes, or SCAN_VOTE for one made from where the threads run. Two wishes from
+        sampled writes agree only when they come from different windows; a wish of
+        either kind is confirmed only by one of the same kind.
     group_migrated_at: when each page group was last queued for migration; it is
         not migrated again within settle_seconds, so never straight back.
     """

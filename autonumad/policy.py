@@ -108,8 +108,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from autonumad.nodelist import format_list
-from autonumad.plan import (Action, ExchangeTasks, GroupKey, MigratePages, MoveTask, Plan, PolicyState,
-                            TaskKey)
+from autonumad.plan import (SCAN_VOTE, Action, ExchangeTasks, GroupKey, MigratePages, MoveTask, Plan,
+                            PolicyState, TaskKey)
 
 WEIGHT_FULL = 1000
 """AutoNUMA's weight of a thread on the node holding all of its memory."""
@@ -696,10 +696,13 @@ def _plan_migrations(snapshot: Snapshot, state: PolicyState, config: PolicyConfi
                 continue
             target, gain, why = wish
             targets[key] = target
-            if group.window is not None:
-                windows[key] = group.window
-            if state.group_target.get(key) == target and (group.window is None
-                                                          or state.group_window.get(key) != group.window):
+            # a wish from sampled writes needs a second window's; one from where the threads
+            # run (or from the scan's figures) a second pass's
+            source = group.window if group.window is not None and len(runs_on) > 1 else SCAN_VOTE
+            windows[key] = source
+            before = state.group_window.get(key)
+            if state.group_target.get(key) == target and before is not None and \
+                    (before == source == SCAN_VOTE or SCAN_VOTE not in (before, source) and before != source):
                 wishes.append(_Wish(gain, key, process, group, target, why))
 
     actions: list[MigratePages] = []

@@ -362,12 +362,18 @@ class WriteFaultSampler:
         if not self.enabled:
             return
         for key in keys:
+            spread = len(self.tasks.busy_thread_nodes(key)) > 1
+            if not spread and key in self.regions and key not in self._armed \
+                    and now - self._last_armed.get(key, now) >= self.rearm_after_s:
+                # its threads came together on one node and no window is due: its memory is
+                # seen through the scan again (mapping groups), not through writes long past
+                self._drop_regions(key)
             if len(self._armed) >= self.max_armed:
                 break
             if key in self._armed or (key not in self._pair_open and key in self._last_armed
                                       and now - self._last_armed[key] < self.rearm_after_s):
                 continue
-            if len(self.tasks.busy_thread_nodes(key)) > 1:
+            if spread:
                 self._arm(key, now)
                 break
 
@@ -375,10 +381,12 @@ class WriteFaultSampler:
         """Processes armed whose window has not been read yet."""
         return len(self._armed)
 
-    def note_moved(self, key: ProcessKey, start: int, end: int, from_node: int, to_node: int) -> int:
+    def note_moved(self, key: ProcessKey, start: int, end: int, from_node: int, to_node: int | None) -> int:
         """The daemon moved every page of [start, end) on `from_node` to `to_node`: the
         writes sampled in those regions now count on the new node, so the next plan
-        sees the region where it is rather than moving it again. Returns how many regions."""
+        sees the region where it is rather than moving it again (`to_node` None: it
+        found none of them left on `from_node`, and they count on no node until the
+        next window). Returns how many regions."""
         regions = self.regions.get(key)
         if not regions:
             return 0
@@ -386,21 +394,26 @@ class WriteFaultSampler:
         for region in range(start & ~(REGION_BYTES - 1), end, REGION_BYTES):
             touches = regions.get(region)
             if touches and from_node in touches.nodes:
-                touches.nodes[to_node] = touches.nodes.get(to_node, 0) + touches.nodes.pop(from_node)
+                count = touches.nodes.pop(from_node)
+                if to_node is not None:
+                    touches.nodes[to_node] = touches.nodes.get(to_node, 0) + count
                 updated += 1
         return updated
 
     def forget(self, keys: Iterable[ProcessKey]) -> None:
         for key in keys:
-            self.regions.pop(key, None)
-            self.windows.pop(key, None)
-            self._pair_open.discard(key)
-            self._second.discard(key)
+            self._drop_regions(key)
             armed = self._armed.pop(key, None)
             if armed is not None:
                 self.calls.close_fault_sampler(armed.handle)
             self._last_armed.pop(key, None)
             self._period.pop(key, None)
+
+    def _drop_regions(self, key: ProcessKey) -> None:
+        self.regions.pop(key, None)
+        self.windows.pop(key, None)
+        self._pair_open.discard(key)
+        self._second.discard(key)
 
     def close(self) -> None:
         self.forget(list(self._armed))

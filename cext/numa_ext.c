@@ -189,6 +189,10 @@ int ane_move_ranges(int pid, const uint64_t *starts, const uint64_t *ends, int64
                 n_cand = 0;
             }
         }
+        if (pos->addr >= ends[r]) {         /* a range gone through ends there, grant or not */
+            pos->range++;
+            pos->addr = 0;
+        }
     }
     return move_candidates(pid, cand, cand_range, n_cand, to_node, flags, pos, tried, moved,
                            status_counts, n_status_counts, moved_addrs);

@@ -215,6 +215,18 @@ def test_migrate_ranges_checks_the_process_before_and_undoes_a_move_that_hit_a_n
     assert act.counters["pid_reuse_caught_before"] == 1 and act.counters["pid_reuse_undone"] == 1
 
 
+def test_migrate_ranges_refused_as_a_whole_fails_gives_back_its_grant_and_goes_on(tmp_path):
+    k = FakeKernel()
+
+    def no_memory(*args):
+        raise OSError(errno.ENODEV, "No such device")
+
+    k.move_ranges = no_memory
+    act = make(tmp_path, k, pages=100)
+    assert act.migrate_ranges(100, 5000, [(0, 0x2000)], 0, 2, (0, 0), 100) == ("failed: No such device", None)
+    assert act.rate_limit.tokens == 100 and act.counters["migrations_failed"] == 1
+
+
 # ---- CPU hotplug ----------------------------------------------------------------------
 
 def test_a_move_pins_only_the_cpus_of_the_node_online_at_that_moment(tmp_path):

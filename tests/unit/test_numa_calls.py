@@ -158,6 +158,8 @@ def test_move_ranges_goes_through_the_ranges_a_grant_at_a_time(buf):
     rest = numa_calls.move_ranges(0, ranges, node, node, 100, first.resume)
     assert rest.tried == [5, 10] and rest.moved == [5, 10] and rest.done     # 10 untouched pages skipped
     assert rest.moved_addresses() == [base + i * PAGE for i in range(25, 40)]
+    exact = numa_calls.move_ranges(0, ranges, node, node, 30)   # the grant ends with the first range
+    assert exact.tried == [30, 0] and exact.resume == (1, 0)
     with pytest.raises(ValueError):
         numa_calls.move_ranges(0, ranges, node, node, -1)
 

@@ -3,7 +3,7 @@
 import random
 from dataclasses import replace
 
-from autonumad.plan import ExchangeTasks, MigratePages, MoveTask, PolicyState
+from autonumad.plan import SCAN_VOTE, ExchangeTasks, MigratePages, MoveTask, PolicyState
 from autonumad.policy import (NodeView, PageGroup, PolicyConfig, ProcessView, Snapshot, TaskView,
                               plan_pass)
 
@@ -267,6 +267,20 @@ def test_sampled_memory_moves_only_when_two_windows_agree_not_one_window_twice()
     assert same.state.group_window == {(811, 5811, 7): 1}
     newer = plan(machine(), spread(2), state=same.state, time=NOW + 2)
     assert [(m.group_id, m.from_node, m.to_node) for m in migrations(newer)] == [(7, 0, 1)]
+
+
+def test_sampled_memory_of_threads_now_on_one_node_follows_them_after_two_passes():
+    together = process(811, [thread(811, 0, user_pinned=True), thread(812, 0, user_pinned=True)], {1: 1000},
+                       [PageGroup(7, 1, 512, {812: 9}, window=2)])
+    first, second = two_passes(machine(), together)
+    assert migrations(first) == [] and first.state.group_window == {(811, 5811, 7): SCAN_VOTE}
+    assert [(m.from_node, m.to_node) for m in migrations(second)] == [(1, 0)]
+
+
+def test_a_wish_from_sampled_writes_is_not_confirmed_by_one_of_another_kind():
+    spread = process(811, [thread(811, 0), thread(812, 1)], {0: 1000}, [PageGroup(7, 0, 512, {812: 9}, window=1)])
+    after_scan_vote = PolicyState(group_target={(811, 5811, 7): 1}, group_window={(811, 5811, 7): SCAN_VOTE})
+    assert migrations(plan(machine(), spread, state=after_scan_vote)) == []
 
 
 def test_a_node_whose_cpus_went_offline_gets_no_thread_and_its_memory_comes_to_the_threads():

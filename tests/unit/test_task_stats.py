@@ -11,7 +11,8 @@ import pytest
 from autonumad.kernel.files import AccessDenied, KernelFiles, ProcessGone
 from autonumad.kernel.procfs import ThreadSnapshot
 from autonumad.processes import ProcessKey
-from autonumad.task_stats import MIN_ACCESS_SAMPLES, TaskStatsTable, WriteFaultSampler, next_sample_period
+from autonumad.task_stats import (MIN_ACCESS_SAMPLES, RegionTouches, TaskStatsTable, WriteFaultSampler,
+                                  next_sample_period)
 
 from conftest import FIXTURES
 
@@ -401,3 +402,35 @@ def test_merged_regions_drop_what_has_not_been_written_for_three_windows():
         regions = merge_regions(regions, {0x400000: RegionTouches({5: 1}, {0: 1})}, window)
         assert regions[0x200000].window == 1 and regions[0x400000].window == window
     assert 0x200000 not in merge_regions(regions, {}, 4)
+
+
+def test_regions_of_a_process_whose_threads_came_together_are_dropped_once_no_window_is_due():
+    key = ProcessKey(1000, 1)
+    calls, clock = FakeCalls(), Clock()
+    tasks = spread_table(key)
+    _, s = sampler(tasks, calls, clock)
+    s.poll([key])
+    calls.samples = [(1000, 0x200000, 0)]
+    clock.now = 1.0
+    s.poll([key])
+    clock.now = 2.0
+    s.poll([key])                                            # the pair is read
+    assert key in s.regions
+    for run_ms in (1000, 2000, 3000, 4000):                  # both threads on node 0 from now on
+        tasks.observe(key, [snap(1000, 0, run_ms), snap(1001, 0, run_ms)])
+        tasks.end_pass()
+    assert len(tasks.busy_thread_nodes(key)) == 1
+    clock.now = 20.0
+    s.poll([key])
+    assert key in s.regions                                  # too soon: a window may come
+    clock.now = 40.0
+    s.poll([key])
+    assert key not in s.regions and len(calls.opened) == 2   # dropped, not armed again
+
+
+def test_a_region_with_nothing_left_on_its_node_counts_on_none():
+    key = ProcessKey(1000, 1)
+    _, s = sampler(spread_table(key), FakeCalls(), Clock())
+    s.regions[key] = {0x200000: RegionTouches({1000: 4}, {1: 3, 0: 1})}
+    assert s.note_moved(key, 0x200000, 0x400000, 1, None) == 1
+    assert s.regions[key][0x200000].nodes == {0: 1}
