@@ -385,6 +385,7 @@ class Daemon:
                               if self.policy_state.group_target.get(key) != node)
             self.policy_state = plan.state
             lines = self.apply(plan)
+            self.policy_state = self._deferred_stay_agreed(plan, lines)
         self.mm.end_pass()
         self.tasks.end_pass()
         self.counters["passes"] += 1
@@ -392,6 +393,18 @@ class Daemon:
                                     len(found.new), lines, self.sampler.windows_open(), first_votes)
         self._publish(snapshot)
         return self.last_pass
+
+    def _deferred_stay_agreed(self, plan: Plan, lines: list[str]) -> PolicyState:
+        """The policy's state for the next pass, with the page groups the rate limit deferred
+        neither settled nor in need of new votes: the next pass moves them if it still wants."""
+        deferred = [a for a, line in zip(plan.actions, lines)
+                    if isinstance(a, MigratePages) and line.rsplit(" [", 1)[-1].startswith("deferred")]
+        if not deferred:
+            return plan.state
+        keys = {(a.pid, a.start_time, a.group_id): a.to_node for a in deferred}
+        state = plan.state
+        return replace(state, group_migrated_at={k: t for k, t in state.group_migrated_at.items() if k not in keys},
+                       group_agreed={**state.group_agreed, **keys})
 
     def _pass_policy_config(self) -> PolicyConfig:
         """The policy's knobs for this pass: its migration budget is what the rate limit

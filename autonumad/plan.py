@@ -93,6 +93,9 @@ class PolicyState:
         writes, or SCAN_VOTE for one made from where the threads run. Two wishes from
         sampled writes agree only when they come from different windows; a wish of
         either kind is confirmed only by one of the same kind.
+    group_agreed: groups whose votes agreed on a node but that did not move (the
+        migration budget ran out, no room, the rate limit deferred them): the next
+        pass that still wants that node moves them without waiting for new votes.
     group_migrated_at: when each page group was last queued for migration; it is
         not migrated again within settle_seconds, so never straight back.
     """
@@ -100,6 +103,7 @@ class PolicyState:
     task_moved_at: Mapping[TaskKey, float] = field(default_factory=dict)
     group_target: Mapping[GroupKey, int] = field(default_factory=dict)
     group_window: Mapping[GroupKey, int] = field(default_factory=dict)
+    group_agreed: Mapping[GroupKey, int] = field(default_factory=dict)
     group_migrated_at: Mapping[GroupKey, float] = field(default_factory=dict)
 
 

@@ -252,6 +252,7 @@ def plan_pass(snapshot: Snapshot, state: PolicyState, config: PolicyConfig) -> P
             task_moved_at=recent(state.task_moved_at, live_tasks) | placement.settled,
             group_target=migrations.targets,
             group_window=migrations.windows,
+            group_agreed=migrations.agreed,
             group_migrated_at=recent(state.group_migrated_at, live_groups) | migrations.queued,
         ),
     )
@@ -656,6 +657,8 @@ class _Migrations:
     """Where each group wanted to go this pass (the next pass's last_nid)."""
     windows: Mapping[GroupKey, int] = field(default_factory=dict)
     """The sampling window each of those wishes was made from."""
+    agreed: Mapping[GroupKey, int] = field(default_factory=dict)
+    """Groups whose two votes agreed but that were not queued (migration budget, no room)."""
     queued: Mapping[GroupKey, float] = field(default_factory=dict)
 
 
@@ -701,21 +704,25 @@ def _plan_migrations(snapshot: Snapshot, state: PolicyState, config: PolicyConfi
             source = group.window if group.window is not None and len(runs_on) > 1 else SCAN_VOTE
             windows[key] = source
             before = state.group_window.get(key)
-            if state.group_target.get(key) == target and before is not None and \
-                    (before == source == SCAN_VOTE or SCAN_VOTE not in (before, source) and before != source):
+            if state.group_target.get(key) == target and (state.group_agreed.get(key) == target or (
+                    before is not None and (before == source == SCAN_VOTE
+                                            or SCAN_VOTE not in (before, source) and before != source))):
                 wishes.append(_Wish(gain, key, process, group, target, why))
 
     actions: list[MigratePages] = []
     queued: dict[GroupKey, float] = {}
     incoming_mb: Counter[int] = Counter()
     budget = config.pages_to_migrate
+    agreed: dict[GroupKey, int] = {}
     for wish in sorted(wishes, key=lambda w: (-w.gain, w.key)):
         group = wish.group
         if group.pages > budget and budget < config.pages_to_migrate:
+            agreed[wish.key] = wish.target   # its votes stand for the next pass
             continue
         mb = group.pages * config.page_size / 2**20
         to, spill = _destination(wish.target, group.node, mb, nodes, incoming_mb, config)
         if to is None:
+            agreed[wish.key] = wish.target
             continue
         budget = max(0, budget - group.pages)
         incoming_mb[to] += mb
@@ -723,7 +730,7 @@ def _plan_migrations(snapshot: Snapshot, state: PolicyState, config: PolicyConfi
         actions.append(MigratePages(wish.process.pid, wish.process.start_time, wish.process.comm, group.id,
                                     group.node, to, group.pages, f"{wish.why}; two passes agree{spill}"))
     holds = _holds(snapshot.processes, {(a.pid, a.start_time) for a in actions}, nodes, config)
-    return _Migrations(tuple(holds) + tuple(actions), targets, windows, queued)
+    return _Migrations(tuple(holds) + tuple(actions), targets, windows, agreed, queued)
 
 
 def _holds(processes: tuple[ProcessView, ...], migrating: set[ProcessKey], nodes: Mapping[int, NodeView],

@@ -5,6 +5,7 @@ the rate limit's leftovers are deferred, refused groups set aside."""
 
 import logging
 import threading
+from dataclasses import replace
 
 from autonumad.kernel.numa_calls import RangeMoves
 from autonumad.plan import MigratePages, Plan
@@ -112,9 +113,13 @@ def test_what_the_rate_limit_did_not_grant_is_deferred_not_set_aside(tmp_path):
     assert lines[0].endswith("[done, 512 pages moved]")
     assert lines[1].endswith("[done, 88 pages moved]")
     d.groups = {(10, 77): {g: GroupRange(g * REGION, (g + 1) * REGION, 1) for g in (4, 5)}}
-    lines = d.apply(Plan((migration(4), migration(5)), d.policy_state))
+    queued = replace(d.policy_state, group_migrated_at={(10, 77, 4): 1.0, (10, 77, 5): 1.0})
+    deferred = Plan((migration(4), migration(5)), queued)
+    lines = d.apply(deferred)
     assert all(line.endswith("[deferred: migration rate limit, 0 pages moved]") for line in lines)
     assert not d.stuck_groups
+    after = d._deferred_stay_agreed(deferred, lines)     # neither settled nor in need of new votes
+    assert after.group_migrated_at == {} and after.group_agreed == {(10, 77, 4): 0, (10, 77, 5): 0}
 
 
 def test_runs_to_different_nodes_move_at_once_one_mover_per_node(tmp_path):

@@ -283,6 +283,18 @@ def test_a_wish_from_sampled_writes_is_not_confirmed_by_one_of_another_kind():
     assert migrations(plan(machine(), spread, state=after_scan_vote)) == []
 
 
+def test_sampled_groups_agreed_on_but_over_the_budget_move_at_the_next_pass_without_new_votes():
+    def spread():
+        return process(811, [thread(811, 0), thread(812, 1)], {0: 1000},
+                       [PageGroup(7, 0, 512, {812: 9}, window=2), PageGroup(8, 0, 512, {812: 9}, window=2)])
+    state = PolicyState(group_target={(811, 5811, 7): 1, (811, 5811, 8): 1},
+                        group_window={(811, 5811, 7): 1, (811, 5811, 8): 1})
+    first = plan(machine(), spread(), state=state, pages_to_migrate=512)
+    assert [m.group_id for m in migrations(first)] == [7] and first.state.group_agreed == {(811, 5811, 8): 1}
+    second = plan(machine(), spread(), state=first.state, time=NOW + 1, pages_to_migrate=512)
+    assert [m.group_id for m in migrations(second)] == [8]       # window 2 still: the agreement stood
+
+
 def test_a_node_whose_cpus_went_offline_gets_no_thread_and_its_memory_comes_to_the_threads():
     two = machine(2)
     memory_only = (two[0], replace(two[1], cpus=()))
