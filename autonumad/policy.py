@@ -689,6 +689,8 @@ def _plan_migrations(snapshot: Snapshot, state: PolicyState, config: PolicyConfi
         thread_touches: Counter[int] = Counter()  # each thread's sampled touches of all of its process's groups
         for g in process.page_groups:
             thread_touches.update({tid: c for tid, c in g.touches.items() if c > 0})
+        if len(runs_on) > 1 and _shared_share(process, thread_node) >= SHARED_MEMORY_SHARE:
+            continue  # its threads write the same memory: no node is its own, splitting it gains nothing
         for group in sorted(process.page_groups, key=lambda g: g.id):
             key = _group_key(process, group)
             migrated_at = state.group_migrated_at.get(key)
@@ -751,6 +753,34 @@ def _holds(processes: tuple[ProcessView, ...], migrating: set[ProcessKey], nodes
                                       t.cpu_node, f"holds it on node {t.cpu_node}, where its memory is being "
                                       f"moved, before the kernel's scheduler takes it elsewhere"))
     return holds
+
+
+SHARED_MEMORY_SHARE = 0.25
+"""A process whose threads on different nodes were seen writing the same regions, for this
+share of its sampled memory or more, shares its memory among them (numa01 threads all
+sweeping one buffer): its memory is not split by writer. A window sees only each page's
+first writer, so a region two sweepers share shows one of them in each window; over the
+windows a process's regions add up, and the shared ones show as shared."""
+
+
+SHARED_WRITER_SHARE = 0.3
+"""A group counts as shared when threads on nodes other than its main writer's made at
+least this share of its sampled writes."""
+
+
+def _shared_share(process: ProcessView, thread_node: Mapping[int, int]) -> float:
+    """Share of the process's sampled pages in groups written from more than one node."""
+    shared = total = 0
+    for group in process.page_groups:
+        by_node: Counter[int] = Counter()
+        for tid, count in group.touches.items():
+            if count > 0 and tid in thread_node:
+                by_node[thread_node[tid]] += count
+        if by_node:
+            total += group.pages
+            if sum(by_node.values()) - max(by_node.values()) >= SHARED_WRITER_SHARE * sum(by_node.values()):
+                shared += group.pages
+    return shared / total if total else 0.0
 
 
 SAMPLE_NOISE_SIGMAS = 2.0

@@ -295,6 +295,17 @@ def test_sampled_groups_agreed_on_but_over_the_budget_move_at_the_next_pass_with
     assert [m.group_id for m in migrations(second)] == [8]       # window 2 still: the agreement stood
 
 
+def test_memory_the_threads_share_is_not_split_between_their_nodes():
+    def numa01(shared_groups):   # two threads sweeping one buffer: some regions seen written by both
+        groups = [PageGroup(g, 0, 512, {812: 9} if g >= shared_groups else {811: 5, 812: 4}, window=g % 2 + 1)
+                  for g in range(8)]
+        return process(811, [thread(811, 0), thread(812, 1)], {0: 4096}, groups)
+    state = PolicyState(group_target={(811, 5811, g): 1 for g in range(8)},
+                        group_window={(811, 5811, g): 3 for g in range(8)})
+    assert migrations(plan(machine(), numa01(2), state=state)) == []       # a quarter shared: none moves
+    assert len(migrations(plan(machine(), numa01(1), state=state))) == 7   # an eighth: the rest are its own
+
+
 def test_a_node_whose_cpus_went_offline_gets_no_thread_and_its_memory_comes_to_the_threads():
     two = machine(2)
     memory_only = (two[0], replace(two[1], cpus=()))
@@ -377,8 +388,8 @@ def test_pages_of_a_process_whose_threads_run_on_several_nodes_follow_the_touchi
                 [PageGroup(1, 2, 100, {201: 10}),          # -> node 0
                  PageGroup(2, 0, 100, {201: 2, 202: 30}),  # -> node 1
                  PageGroup(3, 3, 100),                     # nobody touched it: stays
-                 PageGroup(4, 0, 100, {201: 50, 202: 50}),  # shared evenly and already with a user: stays
-                 PageGroup(5, 0, 100, {201: 47, 202: 53}),  # too small a difference: stays
+                 PageGroup(4, 0, 30, {201: 50, 202: 50}),   # shared evenly and already with a user: stays
+                 PageGroup(5, 0, 30, {201: 47, 202: 53}),   # too small a difference: stays
                  PageGroup(6, 3, 100, {999: 40})])          # touched by a thread that is gone: stays
     _, second = two_passes(machine(4), p)
     assert [(m.group_id, m.to_node) for m in second.actions] == [(1, 0), (2, 1)]
