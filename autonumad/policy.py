@@ -689,9 +689,10 @@ def _plan_migrations(snapshot: Snapshot, state: PolicyState, config: PolicyConfi
         thread_touches: Counter[int] = Counter()  # each thread's sampled touches of all of its process's groups
         for g in process.page_groups:
             thread_touches.update({tid: c for tid, c in g.touches.items() if c > 0})
-        if len(runs_on) > 1 and _shared_share(process, thread_node) >= SHARED_MEMORY_SHARE:
-            continue  # its threads write the same memory: no node is its own, splitting it gains nothing
+        shared = len(runs_on) > 1 and _shared_share(process, thread_node) >= SHARED_MEMORY_SHARE
         for group in sorted(process.page_groups, key=lambda g: g.id):
+            if shared and group.node in runs_on:
+                continue  # its threads write the same memory: it stays with whichever of them it is with
             key = _group_key(process, group)
             migrated_at = state.group_migrated_at.get(key)
             if migrated_at is not None and snapshot.time - migrated_at < config.settle_seconds:
@@ -758,9 +759,11 @@ def _holds(processes: tuple[ProcessView, ...], migrating: set[ProcessKey], nodes
 SHARED_MEMORY_SHARE = 0.25
 """A process whose threads on different nodes were seen writing the same regions, for this
 share of its sampled memory or more, shares its memory among them (numa01 threads all
-sweeping one buffer): its memory is not split by writer. A window sees only each page's
-first writer, so a region two sweepers share shows one of them in each window; over the
-windows a process's regions add up, and the shared ones show as shared."""
+sweeping one buffer): its memory is not split by writer (only what sits on a node none of
+its threads run on moves, to them). A window sees only each page's first writer, so a region
+two sweepers share shows one of them in each window; over the windows a process's regions
+add up, and the shared ones show as shared."""
+
 
 
 SHARED_WRITER_SHARE = 0.3

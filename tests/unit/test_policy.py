@@ -304,6 +304,12 @@ def test_memory_the_threads_share_is_not_split_between_their_nodes():
                         group_window={(811, 5811, g): 3 for g in range(8)})
     assert migrations(plan(machine(), numa01(2), state=state)) == []       # a quarter shared: none moves
     assert len(migrations(plan(machine(), numa01(1), state=state))) == 7   # an eighth: the rest are its own
+    stray = numa01(2)
+    stray = replace(stray, page_groups=stray.page_groups + (PageGroup(9, 2, 512, {811: 5, 812: 4}, window=2),))
+    state = replace(state, group_target={**state.group_target, (811, 5811, 9): 0},
+                    group_window={**state.group_window, (811, 5811, 9): 1})
+    assert [(m.group_id, m.to_node) for m in migrations(plan(machine(4), stray, state=state))] == [(9, 0)]
+    # shared, but on a node none of its threads run on: it comes to them
 
 
 def test_a_node_whose_cpus_went_offline_gets_no_thread_and_its_memory_comes_to_the_threads():
