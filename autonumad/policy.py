@@ -367,28 +367,42 @@ def _plan_placement(snapshot: Snapshot, settled: set[TaskKey], config: PolicyCon
             if movers[i].base[b] > movers[i].base[a]:
                 settled_now[movers[i].key] = snapshot.time
     moving = frozenset(_process_key(movers[i].process) for piece in worth for i, _, _ in piece.moves)
-    actions += _span_holds(unpinned, spans, actions, load, cpus, budget)
+    actions += _place_holds(unpinned, spans, actions, load, cpus, budget)
     return _Placement(tuple(actions), moving, settled_now)
 
 
-def _span_holds(unpinned: list[tuple[ProcessView, TaskView]], spans: Mapping[ProcessKey, frozenset[int]],
-                actions: list[Action], load: Mapping[int, int], cpus: Mapping[int, int],
-                budget: int) -> list[MoveTask]:
-    """Moves to the node they run on for the threads of processes bigger than one node that
-    are where they should be (on a node of the span, not crowded) but free to leave it: the
-    kernel's scheduler would otherwise stack them on a sibling's CPU, or take them off the span."""
+HOME_HOLD_SHARE = 0.9
+"""A busy thread free to leave a node that holds this share of its process's memory is held
+there (its process fitting on one node, the node not crowded)."""
+
+
+def _hold(process: ProcessView, task: TaskView, why: str) -> MoveTask:
+    """A move to the node it runs on: its affinity narrowed to that node's CPUs."""
+    return MoveTask(process.pid, process.start_time, task.tid, process.comm, task.cpu_node, task.cpu_node,
+                    f"holds it on node {task.cpu_node}, {why}, before the kernel's scheduler takes it elsewhere")
+
+
+def _place_holds(unpinned: list[tuple[ProcessView, TaskView]], spans: Mapping[ProcessKey, frozenset[int]],
+                 actions: list[Action], load: Mapping[int, int], cpus: Mapping[int, int],
+                 budget: int) -> list[MoveTask]:
+    """Moves to the node they run on for threads that are where they should be (on a node of
+    their process's span, or on the node with nearly all of its memory; not crowded) but free
+    to leave it: the kernel's scheduler would otherwise stack them on a sibling's CPU, or take
+    them away from their memory, as it does when another task wakes on their CPU."""
     moved = {(m.pid, m.start_time, m.tid) for a in actions
              for m in (a.moves if isinstance(a, ExchangeTasks) else (a,)) if isinstance(m, MoveTask)}
     holds = []
     for process, task in unpinned:
+        if task.held or load[task.cpu_node] > cpus[task.cpu_node] \
+                or (process.pid, process.start_time, task.tid) in moved:
+            continue
         span = spans.get(_process_key(process))
-        if not span or task.held or task.cpu_node not in span or load[task.cpu_node] > cpus[task.cpu_node]:
-            continue
-        if (process.pid, process.start_time, task.tid) in moved:
-            continue
-        holds.append(MoveTask(process.pid, process.start_time, task.tid, process.comm, task.cpu_node,
-                              task.cpu_node, f"holds it on node {task.cpu_node}, one of the nodes its process "
-                              f"spans ({format_list(span)}), before the kernel's scheduler takes it elsewhere"))
+        if span:
+            if task.cpu_node in span:
+                holds.append(_hold(process, task, f"one of the nodes its process spans ({format_list(span)})"))
+        elif _shares(process.node_pages).get(task.cpu_node, 0.0) >= HOME_HOLD_SHARE:
+            holds.append(_hold(process, task, f"where {_percent(_shares(process.node_pages)[task.cpu_node])}% "
+                                              f"of its memory is"))
     return holds[:budget]  # what max_moves_per_pass leaves
 
 
@@ -750,9 +764,7 @@ def _holds(processes: tuple[ProcessView, ...], migrating: set[ProcessKey], nodes
             continue
         for t in sorted(runnable, key=lambda t: t.tid):
             if not t.held and not t.user_pinned:
-                holds.append(MoveTask(process.pid, process.start_time, t.tid, process.comm, t.cpu_node,
-                                      t.cpu_node, f"holds it on node {t.cpu_node}, where its memory is being "
-                                      f"moved, before the kernel's scheduler takes it elsewhere"))
+                holds.append(_hold(process, t, "where its memory is being moved"))
     return holds
 
 

@@ -352,6 +352,19 @@ def test_threads_of_a_process_on_several_nodes_are_not_held_for_its_memory():
     assert moves(second) == {}
 
 
+def test_a_busy_thread_free_to_leave_the_node_with_its_memory_is_held_there():
+    home = process(811, [thread(811, 1, held=False)], {1: 950, 0: 50})
+    roaming = process(812, [thread(812, 0, held=False)], {0: 800, 1: 200})       # not enough of it there
+    idle = process(813, [thread(813, 0, 0.0, held=False)], {0: 1000})
+    p = plan(machine(2, cpus=2), home, roaming, idle)
+    assert [(a.tid, a.to_node) for a in p.actions] == [(811, 1)]
+    assert p.actions[0].reason == ("holds it on node 1, where 95% of its memory is, before the kernel's "
+                                   "scheduler takes it elsewhere")
+    crowded = [process(900 + i, [thread(900 + i, 1, held=False)], {1: 1000}) for i in range(3)]
+    moves_ = [(a.from_node, a.to_node) for a in plan(machine(2, cpus=2), *crowded).actions]
+    assert sorted(moves_) == [(1, 0), (1, 1), (1, 1)]      # one makes room; the two left are held
+
+
 def test_threads_of_a_process_bigger_than_a_node_are_held_on_the_nodes_it_spans():
     spread = process(813, [thread(813, 0, held=False), thread(814, 1, held=False), thread(815, 2)],
                      {0: 500, 1: 500}, [PageGroup(7, 0, 500, {814: 50})])
