@@ -50,6 +50,8 @@ WORKLOAD_EXIT_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 60.0
 PLACEMENT_BEFORE_END_S = 1.0
 STATUS_TIMEOUT_S = 20.0
+STATUS_WAIT_S = 0.5
+"""A status answer slower than this waited for a pass's actions (see snapshot)."""
 VMSTAT_PREFIXES = ("pgmigrate_", "numa_", "compact_", "thp_")
 THP_SCAN_SLEEP = "sys/kernel/mm/transparent_hugepage/khugepaged/scan_sleep_millisecs"
 NUMAD_PIDFILE = "var/run/numad.pid"
@@ -258,8 +260,15 @@ def snapshot(balancer: NoBalancer, counters: bool) -> dict[str, Any]:
     pid = balancer.pid
     snap: dict[str, Any] = {"t": time.monotonic(), "wall": time.time(), "vmstat": vmstat(),
                             "cpu_ticks": None if pid is None else cpu_ticks(pid)}
+    asked = time.monotonic()
     snap["counters"] = balancer.counters() if counters else None
     snap["cpu_ticks_after_status"] = cpu_ticks(pid) if pid is not None and snap["counters"] is not None else None
+    if snap["counters"] is not None and time.monotonic() - asked > STATUS_WAIT_S:
+        # autonumad answered once the actions of a pass were done (it applies them under the lock
+        # its status takes): its counters include them, so the vmstat must too, and the CPU it
+        # spent meanwhile was that pass's, not our request's
+        snap["vmstat"] = vmstat()
+        snap["cpu_ticks_after_status"] = snap["cpu_ticks"]
     return snap
 
 
