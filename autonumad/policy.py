@@ -414,7 +414,10 @@ def _memory_shares(process: ProcessView, task: TaskView,
     if own:
         nodes = own.keys() | process_shares.keys()
         difference = sum(abs(own.get(n, 0.0) - process_shares.get(n, 0.0)) for n in nodes) / 2
-        if difference >= config.thread_stats_difference:
+        # threads that write the same memory: what a window saw each of them write first is no
+        # preference of its own (whether they share it does not depend on where they run)
+        if difference >= config.thread_stats_difference \
+                and _shared_share(process, {t.tid: t.tid for t in process.tasks}) < SHARED_MEMORY_SHARE:
             return own, True
     return process_shares, False
 
@@ -784,7 +787,8 @@ least this share of its sampled writes."""
 
 
 def _shared_share(process: ProcessView, thread_node: Mapping[int, int]) -> float:
-    """Share of the process's sampled pages in groups written from more than one node."""
+    """Share of the process's sampled pages in groups written from more than one node (each
+    thread counting as the node `thread_node` gives it)."""
     shared = total = 0
     for group in process.page_groups:
         by_node: Counter[int] = Counter()

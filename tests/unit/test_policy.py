@@ -365,6 +365,16 @@ def test_a_busy_thread_free_to_leave_the_node_with_its_memory_is_held_there():
     assert sorted(moves_) == [(1, 0), (1, 1), (1, 1)]      # one makes room; the two left are held
 
 
+def test_threads_that_write_the_same_memory_are_not_swapped_for_what_each_was_seen_writing_first():
+    def pair(shared):   # two threads, their sampled writes on each other's node
+        groups = [PageGroup(1, 0, 512, {811: 9, 812: 6} if shared else {811: 9}),
+                  PageGroup(2, 1, 512, {812: 9, 811: 6} if shared else {812: 9})]
+        return process(811, [thread(811, 1, access_pages={0: 90}), thread(812, 0, access_pages={1: 90})],
+                       {0: 512, 1: 512}, groups)
+    assert moves(plan(machine(), pair(False))) == {811: (1, 0), 812: (0, 1)}   # each to what it writes
+    assert moves(plan(machine(), pair(True))) == {}                            # both write both: stay
+
+
 def test_threads_of_a_process_bigger_than_a_node_are_held_on_the_nodes_it_spans():
     spread = process(813, [thread(813, 0, held=False), thread(814, 1, held=False), thread(815, 2)],
                      {0: 500, 1: 500}, [PageGroup(7, 0, 500, {814: 50})])
