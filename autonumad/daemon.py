@@ -90,15 +90,6 @@ class _Interrupted(Exception):
     """The pass was cut short: stop, reload or disable was asked for."""
 
 
-def _migration_runs(actions) -> dict[tuple[int, int, int, int], list[MigratePages]]:
-    """The plan's migrations by (pid, start time, from node, to node), each run in plan order."""
-    runs: dict[tuple[int, int, int, int], list[MigratePages]] = {}
-    for action in actions:
-        if isinstance(action, MigratePages):
-            runs.setdefault((action.pid, action.start_time, action.from_node, action.to_node), []).append(action)
-    return runs
-
-
 @dataclass
 class _RunMoves:
     """What the mover did for one run: per group pages tried and moved, and how far it got."""
@@ -554,18 +545,16 @@ class Daemon:
         pair per call, the pages found and moved in C); runs to different nodes go at once,
         one mover thread per destination node (AutoNUMA's knuma_migrated per node), so that
         memory that must swap nodes is not moved one direction after the other."""
-        runs = _migration_runs(actions)
-        if not runs:
-            return {}
         results: dict[MigratePages, str] = {}
         ranges: dict[tuple[int, int, int, int], list[tuple[MigratePages, GroupRange]]] = {}
-        for key, run in runs.items():
-            for m in run:
-                group = self.groups.get((m.pid, m.start_time), {}).get(m.group_id)
-                if group is None:
-                    results[m] = "skipped: page group unknown"
-                else:
-                    ranges.setdefault(key, []).append((m, group))
+        for m in actions:   # by (pid, start time, from node, to node), each run in plan order
+            if not isinstance(m, MigratePages):
+                continue
+            group = self.groups.get((m.pid, m.start_time), {}).get(m.group_id)
+            if group is None:
+                results[m] = "skipped: page group unknown"
+            else:
+                ranges.setdefault((m.pid, m.start_time, m.from_node, m.to_node), []).append((m, group))
         by_node: dict[int, list[tuple[int, int, int, int]]] = {}
         for key in ranges:
             by_node.setdefault(key[3], []).append(key)
