@@ -72,7 +72,12 @@ MOVED_GROUP_SHARE = 0.9
 """A page group counts as moved when this share of its pages did (busy pages stay behind)."""
 MIGRATE_WAIT_S = 1.0
 """How long a pass may wait in all for migration tokens before deferring the rest."""
-IDLE_TICK_S = 1.0
+IDLE_WAIT_S = 60.0
+"""The longest wait of a daemon that is not balancing (one node, disabled): nothing it
+looks at changes on its own; a signal, a reload or 'autonumactl enable' wakes it at once,
+and it wakes as often as the systemd watchdog needs (half its WatchdogSec)."""
+SLEEP_TICK_S = 1.0
+"""How often the pause between passes checks whether balancing was turned off."""
 WAKE_MIN_RSS_MB = 16
 """A process new since the last pass ends the sleep between passes once its RSS reaches
 the larger of this and [policy] min_rss_mb (NewProcessWatch)."""
@@ -134,6 +139,7 @@ class Daemon:
         self.notifier = notifier or Notifier()
         self.lock = threading.RLock()
         self.stop_event = threading.Event()
+        self.wake = threading.Event()  # set with stop, reload, enable and disable: ends any pause
         self.reload_requested = False
         self.runtime_enabled = True
         self.started_at = time.time()
@@ -247,8 +253,8 @@ class Daemon:
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> int:
-        signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
-        signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
+        signal.signal(signal.SIGTERM, lambda *_: self.stop())
+        signal.signal(signal.SIGINT, lambda *_: self.stop())
         signal.signal(signal.SIGHUP, lambda *_: self._request_reload())
         self.take_kernel_balancing()
         self.start_control_socket()
@@ -259,11 +265,12 @@ class Daemon:
         self.budget.restart_window()
         try:
             while not self.stop_event.is_set():
+                self.wake.clear()  # before the checks: whatever sets it later ends the next pause
                 if self.reload_requested:
                     self.reload()
                 if not self.balancing():
                     self.notifier.status(self.status_line())
-                    self._idle(IDLE_TICK_S)
+                    self._idle()
                     continue
                 try:
                     self.run_pass()
@@ -313,12 +320,19 @@ class Daemon:
             return min(base, active << min(self._quiet_passes - 1, 16))  # 1, 2, 4... times
         return base
 
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.wake.set()
+
     def _request_reload(self) -> None:
         self.reload_requested = True
+        self.wake.set()
 
-    def _idle(self, seconds: float) -> None:
+    def _idle(self) -> None:
+        """Wait while not balancing: until woken, or the watchdog's next ping is due."""
         self.notifier.watchdog()
-        self.stop_event.wait(seconds)
+        due = self.notifier.next_ping_s()
+        self.wake.wait(IDLE_WAIT_S if due is None else min(IDLE_WAIT_S, max(due, 0.01)))
 
     def _wake_rss_kb(self) -> int:
         return max(WAKE_MIN_RSS_MB, self.config.policy.min_rss_mb) * 1024
@@ -334,7 +348,7 @@ class Daemon:
             if left <= 0:
                 return
             watching = self._between_passes and not self.budget.throttled
-            if self.stop_event.wait(min(left, WATCH_TICK_S if watching else IDLE_TICK_S)) \
+            if self.wake.wait(min(left, WATCH_TICK_S if watching else SLEEP_TICK_S)) \
                     or self.reload_requested or not self.balancing():
                 raise _Interrupted()
             if watching and deadline - time.monotonic() > 0:
@@ -759,6 +773,7 @@ class Daemon:
     def handle_enable(self, args: dict) -> dict:
         with self.lock:
             self.runtime_enabled = True
+            self.wake.set()
             log.info("enabled at runtime")
             self.take_kernel_balancing()
             return {"balancing": self.balancing(), "off_reason": self.off_reason(), "restored_affinities": 0}
@@ -766,6 +781,7 @@ class Daemon:
     def handle_disable(self, args: dict) -> dict:
         with self.lock:
             self.runtime_enabled = False
+            self.wake.set()
             restored = self.disable_and_forget()
             log.info("disabled at runtime: %d affinities restored", restored)
             return {"balancing": False, "off_reason": self.off_reason(), "restored_affinities": restored}

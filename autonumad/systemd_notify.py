@@ -44,6 +44,12 @@ class Notifier:
     def stopping(self) -> None:
         self._send("STOPPING=1\nSTATUS=stopping: restoring what autonumad changed")
 
+    def next_ping_s(self) -> float | None:
+        """Seconds until `watchdog` should be called again; None without a watchdog."""
+        if not self.watchdog_interval:
+            return None
+        return self._last_ping + self.watchdog_interval / 2 - time.monotonic()
+
     def watchdog(self) -> None:
         """Ping the watchdog if half its timeout has passed; called from the main loop only."""
         if not self.watchdog_interval:
