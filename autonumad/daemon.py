@@ -19,6 +19,7 @@ while it applies actions and swaps configuration, never while it sleeps.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -52,16 +53,18 @@ from autonumad.processes import NewProcessWatch, ProcessDiscovery, ProcessFilter
 from autonumad.scan_pacing import ScanBudget
 from autonumad.state_file import DaemonState, StateFile, ThreadKey
 from autonumad.systemd_notify import Notifier
-from autonumad.task_stats import TaskStatsTable, WriteFaultSampler
+from autonumad.task_stats import SATURATION_CHECK_S, TaskStatsTable, WriteFaultSampler
 from autonumad.topology import Topology, describe_cpu_changes, read_topology
 
 log = logging.getLogger("autonumad")
 
 ACTIVE_PASS_FRACTION = 5
 MIN_ACTIVE_PASS_S = 1.0
-WINDOW_PASS_S = 1.0
-"""The pause after a pass that left a write-fault window open (WriteFaultSampler.window_s):
-the kernel's numa_balancing_scan_period_min_ms."""
+MIN_WINDOW_PASS_S = 0.1
+"""The shortest pause after a pass that left a write-fault window open: it lasts until the
+window is due (WriteFaultSampler.window_s from its arming, the kernel's
+numa_balancing_scan_period_min_ms) and ends sooner when the window's writers stop
+faulting (WriteFaultSampler.window_ready, looked at every SATURATION_CHECK_S)."""
 VOTE_PASS_S = 0.5
 """The pause after a pass in which page groups asked to move for the first time: the next
 pass, with threads and pages looked at afresh, is the second vote AutoNUMA's last_nid
@@ -70,6 +73,8 @@ WATCH_TICK_S = 0.5
 """How often the pause between passes looks for a new process grown big enough to balance."""
 MOVED_GROUP_SHARE = 0.9
 """A page group counts as moved when this share of its pages did (busy pages stay behind)."""
+MOVER_NICE = -5
+"""The nice of a thread while it moves pages (_mover_priority)."""
 MIGRATE_WAIT_S = 1.0
 """How long a pass may wait in all for migration tokens before deferring the rest."""
 IDLE_WAIT_S = 60.0
@@ -89,6 +94,35 @@ CPU_CREDIT_WINDOW_S = 30.0
 """The CPU ceiling holds over this window: a quiet daemon may spend its credit at once."""
 MAX_PIN_ANCESTORS = 8
 """How far up its parents a process's narrowed affinity is traced to a pin of ours it inherited."""
+
+
+@contextlib.contextmanager
+def _mover_priority():
+    """Run the calling thread at MOVER_NICE while it moves pages (Linux's setpriority on
+    PRIO_PROCESS 0 sets the calling thread's nice only), then back. A page is migrated
+    in the mover's context, as the kernel's balancing migrates it in the context of the
+    thread that faulted on it, and that thread waits until it is done: at the default
+    nice the mover shares a CPU with a busy thread of the workload and a run of moves
+    takes twice as long. Without CAP_SYS_NICE, or started at a lower nice, it moves
+    at the nice it has."""
+    before = sched.own_nice()
+    try:
+        if before <= MOVER_NICE:
+            before = None
+        else:
+            sched.set_own_nice(MOVER_NICE)
+    except OSError as exc:
+        log.debug("page moves at the daemon's own priority (%s)", exc.strerror or exc)
+        before = None
+    try:
+        yield
+    finally:
+        if before is not None:
+            try:
+                sched.set_own_nice(before)
+            except OSError as exc:  # raising nice back needs no privilege; log, never fail
+                log.warning("could not set the nice of thread %d back to %d (%s)",
+                            threading.get_native_id(), before, exc.strerror or exc)
 
 
 class _Interrupted(Exception):
@@ -125,6 +159,8 @@ class PassReport:
     lines: list[str] = field(default_factory=list)
     windows_open: int = 0
     """Write-fault windows left open."""
+    window_left_s: float = 0.0
+    """Seconds until the first of them is due."""
     first_votes: int = 0
     """Page groups that asked to move for the first time."""
 
@@ -307,7 +343,7 @@ class Daemon:
         busy = last.first_votes or last.actions or last.new_processes  # a window alone is routine sampling
         self._quiet_passes = 0 if busy else self._quiet_passes + 1
         if last.windows_open:
-            return min(base, int(WINDOW_PASS_S * 1000))
+            return min(base, int(max(MIN_WINDOW_PASS_S, last.window_left_s) * 1000))
         if last.first_votes:
             return min(base, int(VOTE_PASS_S * 1000))
         active = min(base, max(int(MIN_ACTIVE_PASS_S * 1000), base // ACTIVE_PASS_FRACTION))
@@ -339,19 +375,33 @@ class Daemon:
 
     def _sleep(self, seconds: float) -> None:
         """Sleep, pinging the watchdog, and wake early when asked to stop, reload or pause;
-        between passes, also when a new process grew big enough to balance (unless the
-        pause is stretched for the CPU ceiling)."""
+        between passes (unless the pause is stretched for the CPU ceiling), also when a new
+        process grew big enough to balance, or an open write-fault window's writers
+        stopped faulting."""
         deadline = time.monotonic() + seconds
+        next_watch = time.monotonic() + WATCH_TICK_S
         while True:
             self.notifier.watchdog()
-            left = deadline - time.monotonic()
+            now = time.monotonic()
+            left = deadline - now
             if left <= 0:
                 return
             watching = self._between_passes and not self.budget.throttled
-            if self.wake.wait(min(left, WATCH_TICK_S if watching else SLEEP_TICK_S)) \
-                    or self.reload_requested or not self.balancing():
+            window = watching and self.sampler.windows_open()
+            tick = min(SATURATION_CHECK_S if window else WATCH_TICK_S, max(0.0, next_watch - now)) \
+                if watching else SLEEP_TICK_S
+            if self.wake.wait(min(left, tick)) or self.reload_requested or not self.balancing():
                 raise _Interrupted()
-            if watching and deadline - time.monotonic() > 0:
+            now = time.monotonic()
+            if now >= deadline or not watching:
+                continue
+            if window and self.sampler.window_ready():
+                log.debug("a write-fault window's writers stopped faulting: next pass now")
+                self.counters["windows_read_early"] += 1
+                self.budget.cut_pause_short(deadline - now)
+                raise _Interrupted()
+            if now >= next_watch:
+                next_watch = now + WATCH_TICK_S
                 pid = self.new_processes.check()
                 if pid is not None:
                     log.debug("pid %d is new and big enough to balance: next pass now", pid)
@@ -395,7 +445,8 @@ class Daemon:
         self.tasks.end_pass()
         self.counters["passes"] += 1
         self.last_pass = PassReport(time.time(), time.monotonic() - started, len(plan.actions), len(observed),
-                                    len(found.new), lines, self.sampler.windows_open(), first_votes)
+                                    len(found.new), lines, self.sampler.windows_open(),
+                                    self.sampler.window_left() or 0.0, first_votes)
         self._publish(snapshot)
         return self.last_pass
 
@@ -575,6 +626,10 @@ class Daemon:
         done: dict[tuple[int, int, int, int], _RunMoves] = {}
 
         def mover(keys: list[tuple[int, int, int, int]]) -> None:
+            with _mover_priority():
+                move(keys)
+
+        def move(keys: list[tuple[int, int, int, int]]) -> None:
             for key in keys:
                 try:
                     done[key] = self._migrate_paced(key, [(g.start, g.end) for _, g in ranges[key]])

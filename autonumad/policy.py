@@ -77,7 +77,10 @@ pages, so that is tried first). Pinned processes' memory follows their threads.
   other), by at least `min_gain` per mille of the touches more than the node
   holding it, and, when its samples come from several nodes, by more than their
   noise (a lead of two standard deviations, 2/sqrt(samples)), so a group both
-  nodes write alike stays where it is; groups no thread was seen touching stay put.
+  nodes write alike stays where it is; groups no thread was seen touching stay put,
+  unless they sit on a node none of the process's threads run on: remote to every one
+  of them, they go to the nearest node its threads run on (ties: the one with most of
+  them), behind the groups whose writers were seen.
 A group is queued only when this pass wants the same node as the previous pass
 (AutoNUMA's last_nid filter; any other wish in between starts over), largest gains
 (pages x per-mille gain) first, within `pages_to_migrate` pages per pass (the
@@ -809,6 +812,12 @@ group written from two nodes alike): otherwise two nodes that write a group equa
 pass it back and forth. A group written from one node only (a numa02 slice) needs no more."""
 
 
+UNSEEN_GROUP_WEIGHT = 0.5
+"""A group no thread was seen writing, on a node none of its process's threads run on, moves
+to the nearest node they run on (it is remote to every one of them): its gain counts half,
+behind groups whose writers were seen."""
+
+
 def _group_wish(group: PageGroup, runs_on: set[int], thread_node: Mapping[int, int],
                 thread_touches: Mapping[int, int], nodes: Mapping[int, NodeView],
                 config: PolicyConfig) -> tuple[int, float, str] | None:
@@ -831,7 +840,13 @@ def _group_wish(group: PageGroup, runs_on: set[int], thread_node: Mapping[int, i
             touches[thread_node[tid]] += count / thread_touches[tid]
     total = sum(touches.values())
     if not total:
-        return None
+        if group.node in runs_on:
+            return None  # no thread seen touching it: it stays with the threads it is with
+        threads = Counter(thread_node.values())
+        target = min(runs_on, key=lambda n: (_distance(nodes, group.node, n), -threads[n], n))
+        return (target, group.pages * WEIGHT_FULL * UNSEEN_GROUP_WEIGHT,
+                f"none of its process's threads runs on node {group.node}; node {target} is the "
+                f"nearest they run on")
     top = max(touches.values())
     if touches[group.node] == top:
         return None

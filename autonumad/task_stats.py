@@ -278,6 +278,8 @@ class _Armed:
     samples: list[tuple[int, int, int]] = field(default_factory=list)
     period: int = 1
     threads: int = 1
+    checked: tuple[float, int] = (0.0, 0)  # (when, samples + lost then) at the last `window_ready` look
+    saturated: bool = False                # its writers stopped faulting: readable before window_s
 
 
 MAX_SAMPLED_THREADS = 64
@@ -285,6 +287,11 @@ MAX_SAMPLED_THREADS = 64
 ring each): the busiest ones, so a process of thousands of threads costs no more."""
 RING_SAMPLES = 1024
 """Samples one thread's ring holds (8 data pages), drained at each poll."""
+MIN_WINDOW_S = 0.25
+SATURATION_CHECK_S = 0.1
+SATURATION_SHARE = 0.02
+"""A window is read before window_s once it has been open MIN_WINDOW_S and its samples grew
+by no more than SATURATION_SHARE between two looks SATURATION_CHECK_S apart (window_ready)."""
 
 
 def next_sample_period(period: int, samples: int, lost: int, threads: int) -> int:
@@ -357,7 +364,7 @@ class WriteFaultSampler:
         now = self.clock()
         for armed in list(self._armed.values()):
             self._drain(armed)
-            if now - armed.armed_at >= self.window_s:
+            if armed.saturated or now - armed.armed_at >= self.window_s:
                 self._collect(armed)
         if not self.enabled:
             return
@@ -380,6 +387,33 @@ class WriteFaultSampler:
     def windows_open(self) -> int:
         """Processes armed whose window has not been read yet."""
         return len(self._armed)
+
+    def window_left(self) -> float | None:
+        """Seconds until the first open window is due to be read; None when none is open."""
+        if not self._armed:
+            return None
+        return max(0.0, min(a.armed_at for a in self._armed.values()) + self.window_s - self.clock())
+
+    def window_ready(self) -> bool:
+        """Drain the open windows; True when one can be read now: its window_s is up, or
+        its writers stopped faulting (a soft-dirty window sees each page's first write
+        only, so writers that sweep their memory, or write it in huge pages, have shown
+        every page they write long before window_s: S2's numa02 threads fault on all 128
+        huge pages of their slices within a sweep of ~0.15 s under TCG). The daemon asks
+        every SATURATION_CHECK_S during the pause after a pass that left a window open."""
+        now = self.clock()
+        ready = False
+        for armed in self._armed.values():
+            self._drain(armed)
+            when, before = armed.checked
+            count = len(armed.samples) + getattr(armed.handle, "lost", 0)  # full rings are not quiet ones
+            if now - when >= SATURATION_CHECK_S / 2:  # the ticks are this far apart, give or take
+                armed.saturated = armed.saturated or (
+                    now - armed.armed_at >= MIN_WINDOW_S and count > 0 and when > armed.armed_at
+                    and count - before <= SATURATION_SHARE * count)
+                armed.checked = (now, count)
+            ready = ready or armed.saturated or now - armed.armed_at >= self.window_s
+        return ready
 
     def note_moved(self, key: ProcessKey, start: int, end: int, from_node: int, to_node: int | None) -> int:
         """The daemon moved every page of [start, end) on `from_node` to `to_node`: the

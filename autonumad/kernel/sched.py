@@ -1,4 +1,5 @@
-"""Thread CPU affinity: the sched_getaffinity/sched_setaffinity door of the I/O layer."""
+"""Thread CPU affinity and the calling thread's nice: the sched_*affinity and
+[gs]etpriority door of the I/O layer."""
 
 from __future__ import annotations
 
@@ -20,3 +21,15 @@ def set_affinity(tid: int, cpus: frozenset[int] | set[int]) -> None:
         os.sched_setaffinity(tid, cpus)
     except OSError as exc:
         raise map_os_error(exc) from None
+
+
+
+def own_nice() -> int:
+    """The calling thread's nice (Linux: PRIO_PROCESS 0 is the calling thread only)."""
+    return os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def set_own_nice(nice: int) -> None:
+    """Set the calling thread's nice. Lowering it needs CAP_SYS_NICE: raises
+    OSError(EACCES/EPERM) without."""
+    os.setpriority(os.PRIO_PROCESS, 0, nice)

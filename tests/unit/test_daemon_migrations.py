@@ -158,8 +158,10 @@ def test_the_pass_after_one_that_awaits_a_window_or_a_second_vote_comes_sooner(t
     assert d._pass_interval_ms() == 2000            # acting: a fifth
     d.last_pass = PassReport(actions=3, first_votes=2)
     assert d._pass_interval_ms() == 500             # the second vote
-    d.last_pass = PassReport(actions=3, windows_open=1, first_votes=2)
-    assert d._pass_interval_ms() == 1000            # the window: the kernel's scan_period_min
+    d.last_pass = PassReport(actions=3, windows_open=1, window_left_s=0.7, first_votes=2)
+    assert d._pass_interval_ms() == 700             # until the window is due (window_s from its arming)
+    d.last_pass = PassReport(actions=3, windows_open=1, window_left_s=0.0, first_votes=2)
+    assert d._pass_interval_ms() == 100             # overdue: a short pause all the same
 
 
 def test_a_misplacement_nothing_can_be_done_about_is_looked_at_less_and_less_often(tmp_path):
@@ -172,3 +174,34 @@ def test_a_misplacement_nothing_can_be_done_about_is_looked_at_less_and_less_oft
     assert [d._pass_interval_ms() for _ in range(4)] == [2000, 4000, 8000, 10000]
     d.last_pass = PassReport(actions=1)
     assert d._pass_interval_ms() == 2000                        # something moved: short again
+
+
+def test_movers_run_at_mover_nice_then_go_back_and_move_anyway_without_the_privilege(tmp_path, monkeypatch):
+    from autonumad import daemon as daemon_module
+    from autonumad.kernel import sched
+    nice = {}                                    # per thread, starting at 0
+    seen = []
+
+    def set_nice(value):
+        if value < 0 and refuse:
+            raise PermissionError(13, "Permission denied")
+        nice[threading.get_native_id()] = value
+
+    monkeypatch.setattr(sched, "own_nice", lambda: nice.get(threading.get_native_id(), 0))
+    monkeypatch.setattr(sched, "set_own_nice", set_nice)
+    for refuse in (False, True):
+        d = make_daemon(tmp_path / str(refuse))
+        ops = FakeOps()
+        real = ops.move_ranges
+
+        def move_ranges(*args):
+            seen.append(nice.get(threading.get_native_id(), 0))
+            return real(*args)
+
+        ops.move_ranges = move_ranges
+        d.actuator.ops = ops
+        d.groups = {(10, 77): {1: GroupRange(REGION, 2 * REGION, 1), 2: GroupRange(2 * REGION, 3 * REGION, 0)}}
+        lines = d.apply(Plan((migration(1, 1, 0), migration(2, 0, 1)), d.policy_state))
+        assert all(line.endswith("[done, 512 pages moved]") for line in lines)
+    assert seen == [daemon_module.MOVER_NICE] * 2 + [0] * 2
+    assert nice[threading.get_native_id()] == 0  # the main thread moved one run: back at its nice

@@ -416,12 +416,25 @@ def test_pages_of_a_process_whose_threads_run_on_several_nodes_follow_the_touchi
     p = process(200, [thread(201, 0, user_pinned=True), thread(202, 1, user_pinned=True)], {},
                 [PageGroup(1, 2, 100, {201: 10}),          # -> node 0
                  PageGroup(2, 0, 100, {201: 2, 202: 30}),  # -> node 1
-                 PageGroup(3, 3, 100),                     # nobody touched it: stays
+                 PageGroup(3, 0, 100),                     # nobody touched it: stays with thread 201
                  PageGroup(4, 0, 30, {201: 50, 202: 50}),   # shared evenly and already with a user: stays
                  PageGroup(5, 0, 30, {201: 47, 202: 53}),   # too small a difference: stays
-                 PageGroup(6, 3, 100, {999: 40})])          # touched by a thread that is gone: stays
+                 PageGroup(6, 1, 100, {999: 40})])          # touched by a thread that is gone: stays
     _, second = two_passes(machine(4), p)
     assert [(m.group_id, m.to_node) for m in second.actions] == [(1, 0), (2, 1)]
+
+
+def test_memory_no_thread_was_seen_touching_leaves_a_node_none_of_its_threads_run_on():
+    # the S5 machine: threads on nodes 0 and 1 (two on 1); what sits on 2 and 3 is remote to all
+    p = process(200, [thread(201, 0, user_pinned=True), thread(202, 1, user_pinned=True),
+                      thread(203, 1, user_pinned=True)], {},
+                [PageGroup(1, 3, 100),                     # -> node 1: as near as 0, more threads
+                 PageGroup(2, 2, 300, {999: 40}),          # touched by a thread that is gone only
+                 PageGroup(3, 3, 200, {201: 5})])          # seen: goes to its writer, first (full weight)
+    _, second = two_passes(machine(4, distances=PAIRS), p)
+    assert [(m.group_id, m.to_node) for m in second.actions] == [(3, 0), (2, 1), (1, 1)]
+    assert second.actions[2].reason == ("none of its process's threads runs on node 3; node 1 is the "
+                                        "nearest they run on; two passes agree")
 
 
 def test_the_two_pass_filter_cancels_when_the_wanted_node_changes():

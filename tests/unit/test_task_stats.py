@@ -215,6 +215,43 @@ def test_arms_a_spread_process_and_credits_its_threads():
     assert s.counters.armed == 2 and s.windows[key] == 1     # the pair's second window: armed at once
 
 
+def test_a_window_whose_writers_stopped_faulting_is_read_before_window_s():
+    key = ProcessKey(1000, 1)
+    tasks, calls, clock = spread_table(key), FakeCalls(), Clock()
+    _, s = sampler(tasks, calls, clock)
+    s.poll([key])
+    assert s.window_left() == 1.0
+    calls.samples = [(1000, 0x200000 * i, 0) for i in range(1, 100)]
+    clock.now = 0.1
+    assert not s.window_ready()            # a first look only counts
+    calls.samples = [(1001, 0x200000 * i, 2) for i in range(100, 150)]
+    clock.now = 0.2
+    assert not s.window_ready()            # still faulting
+    clock.now = 0.3
+    assert s.window_ready()                # no new fault in 0.1 s, open 0.25 s or more
+    assert s.window_left() == 0.7
+    s.poll([key])
+    assert len(calls.closed) == 1 and s.windows[key] == 1 and s.counters.samples == 149
+
+
+def test_a_window_that_saw_no_write_or_keeps_faulting_waits_for_window_s():
+    key = ProcessKey(1000, 1)
+    tasks, calls, clock = spread_table(key), FakeCalls(), Clock()
+    _, s = sampler(tasks, calls, clock)
+    s.poll([key])
+    for step in range(1, 10):              # nothing written: no sign the writers are done
+        clock.now = step / 10
+        assert not s.window_ready()
+    clock.now = 1.0
+    assert s.window_ready()
+    s.poll([key])
+    assert len(calls.closed) == 1
+    for step in range(11, 20):             # the second window: a steady stream of new faults
+        calls.samples = [(1000, 0x1000 * step, 0)] * 5
+        clock.now = step / 10
+        assert not s.window_ready()
+
+
 def test_every_fault_is_sampled_until_a_window_loses_samples_then_one_in_enough():
     assert next_sample_period(1, samples=1500, lost=0, threads=2) == 1
     assert next_sample_period(1, samples=2048, lost=8192, threads=2) == 10   # 10240 faults, 512 a ring
