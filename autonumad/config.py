@@ -348,6 +348,11 @@ class ScanConfig:
     scan_sleep_pass_millisecs: int = setting(10000, MILLIS, (
         "Pause between two full passes over all processes (AutoNUMA's "
         "knuma_scand/scan_sleep_pass_millisecs). Runtime knob."), runtime=True)
+    scan_sleep_pass_max_millisecs: int = setting(60000, MILLIS, (
+        "Once the system has settled, the pause between passes doubles at each pass that "
+        "finds nothing to do, from scan_sleep_pass_millisecs up to this (as the kernel's "
+        "numa_balancing_scan_period_max_ms); a pass that acts, or a new process, brings it "
+        "back. Never below scan_sleep_pass_millisecs. Runtime knob."), runtime=True)
     pages_to_scan: int = setting(32768, PAGES, (
         "Pages whose node is sampled in one batch (AutoNUMA's "
         "knuma_scand/pages_to_scan). Runtime knob."), runtime=True)

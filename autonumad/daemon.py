@@ -8,9 +8,10 @@ write-fault sampler, build the policy's snapshot, ask the policy for a plan, and
 hand the plan to the actuator (or, with --dry-run, print it). Between passes it
 sleeps `scan_sleep_pass_millisecs`, or a fifth of that (at least 1 s) while the
 last pass found something to do, the way AutoNUMA's scan interval shortens while
-pages are misplaced and backs off once the system has settled; 1 s when the next
-pass is awaited for a write-fault window, half that for a second vote on moving page
-groups.
+pages are misplaced, and twice as long at each quiet pass once the system has
+settled, up to `scan_sleep_pass_max_millisecs` (the kernel's scan period backs off
+so); until a write-fault window is due (or its writers stop faulting) when the next
+pass awaits one, half a second for a second vote on moving page groups.
 
 The control socket's handlers run on the server's thread. They read the status the
 last pass published and make changes under `lock`, which the loop holds only
@@ -75,6 +76,9 @@ MOVED_GROUP_SHARE = 0.9
 """A page group counts as moved when this share of its pages did (busy pages stay behind)."""
 MOVER_NICE = -5
 """The nice of a thread while it moves pages (_mover_priority)."""
+REARM_AFTER_S = 30.0
+"""How often a process spread over nodes gets a pair of write-fault windows while things
+move; once settled, every two pauses between passes (_pass_interval_ms)."""
 MIGRATE_WAIT_S = 1.0
 """How long a pass may wait in all for migration tokens before deferring the rest."""
 IDLE_WAIT_S = 60.0
@@ -182,6 +186,7 @@ class Daemon:
         self.counters: Counter = Counter()
         self.last_pass = PassReport()
         self._quiet_passes = 0  # passes in a row that did nothing and left nothing awaited
+        self._settled_passes = 0  # of them, in a row with every process placed
         self.published: dict[str, Any] = {"managed_processes": [], "managed_threads": {}}
         self.noautonuma = noautonuma_on_cmdline(files)
         self.topology: Topology = read_topology(files)
@@ -334,16 +339,22 @@ class Daemon:
 
     def _pass_interval_ms(self) -> int:
         """Short while something is new or just moved, shortest while a sampling window or a
-        second vote is awaited; the full interval once settled. While something stays
-        misplaced with nothing to do about it (a process bigger than one node, a full
-        node), the short interval doubles with each such pass, up to the full one (as the
-        kernel's NUMA scan period grows while its scans change nothing)."""
+        second vote is awaited. While something stays misplaced with nothing to do about it
+        (a process bigger than one node, a full node), the short interval doubles with each
+        such pass, up to the full one; once settled, the full interval doubles with each
+        quiet pass up to scan_sleep_pass_max_millisecs (as the kernel's NUMA scan period
+        grows while its scans change nothing). Write-fault windows of processes spread over
+        nodes come no more often than every two pauses of the moment (at least every
+        REARM_AFTER_S)."""
         base = self.config.scan.scan_sleep_pass_millisecs
+        longest = max(base, self.config.scan.scan_sleep_pass_max_millisecs)
         last = self.last_pass
         busy = last.first_votes or last.actions or last.new_processes  # a window alone is routine sampling
         self._quiet_passes = 0 if busy else self._quiet_passes + 1
-        if last.windows_open:
+        if last.windows_open:  # neither settles nor unsettles
             return min(base, int(max(MIN_WINDOW_PASS_S, last.window_left_s) * 1000))
+        settled, self._settled_passes = self._settled_passes, 0
+        self.sampler.rearm_after_s = REARM_AFTER_S
         if last.first_votes:
             return min(base, int(VOTE_PASS_S * 1000))
         active = min(base, max(int(MIN_ACTIVE_PASS_S * 1000), base // ACTIVE_PASS_FRACTION))
@@ -354,7 +365,10 @@ class Daemon:
                         for p in self.published["managed_processes"])
         if misplaced:
             return min(base, active << min(self._quiet_passes - 1, 16))  # 1, 2, 4... times
-        return base
+        self._settled_passes = settled + 1
+        interval = min(longest, base << min(settled, 16))  # 1, 2, 4... times
+        self.sampler.rearm_after_s = max(REARM_AFTER_S, 2 * interval / 1000)
+        return interval
 
     def stop(self) -> None:
         self.stop_event.set()

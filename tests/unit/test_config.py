@@ -21,6 +21,7 @@ def refusal(text: str, source: str = "test.conf") -> str:
 def test_defaults_are_autonumas_and_the_briefs_values():
     c = Config()
     assert c.knobs() == {"scan_sleep_millisecs": 100, "scan_sleep_pass_millisecs": 10000,
+                         "scan_sleep_pass_max_millisecs": 60000,
                          "pages_to_scan": 32768, "migrate_sleep_millisecs": 100, "pages_to_migrate": 32768}
     assert c.daemon.enabled and c.daemon.log_level == "info" and c.daemon.control_group == ""
     assert c.migrate.node_reserve_mb == 256
@@ -178,7 +179,8 @@ def test_load_config_refuses_unreadable_and_non_utf8_files(tmp_path):
 
 
 def test_runtime_knobs_are_autonumas_names_with_ranges():
-    assert list(RUNTIME_KNOBS) == ["scan_sleep_millisecs", "scan_sleep_pass_millisecs", "pages_to_scan",
+    assert list(RUNTIME_KNOBS) == ["scan_sleep_millisecs", "scan_sleep_pass_millisecs",
+                                   "scan_sleep_pass_max_millisecs", "pages_to_scan",
                                    "migrate_sleep_millisecs", "pages_to_migrate"]
     assert (RUNTIME_KNOBS["pages_to_scan"].minimum, RUNTIME_KNOBS["pages_to_scan"].maximum) == (1, 2 ** 31)
     assert RUNTIME_KNOBS["scan_sleep_millisecs"].maximum == 3_600_000
@@ -210,7 +212,8 @@ def test_with_knob_names_the_knobs_when_given_another_setting():
         Config().with_knob("node_reserve_mb", "1")
     assert str(info.value) == (
         "'node_reserve_mb' is not a runtime knob; knobs are: scan_sleep_millisecs, "
-        "scan_sleep_pass_millisecs, pages_to_scan, migrate_sleep_millisecs, pages_to_migrate")
+        "scan_sleep_pass_millisecs, scan_sleep_pass_max_millisecs, pages_to_scan, migrate_sleep_millisecs, "
+        "pages_to_migrate")
 
 
 def test_as_dict_is_plain_data_by_section():

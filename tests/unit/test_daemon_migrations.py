@@ -205,3 +205,24 @@ def test_movers_run_at_mover_nice_then_go_back_and_move_anyway_without_the_privi
         assert all(line.endswith("[done, 512 pages moved]") for line in lines)
     assert seen == [daemon_module.MOVER_NICE] * 2 + [0] * 2
     assert nice[threading.get_native_id()] == 0  # the main thread moved one run: back at its nice
+
+
+def test_once_settled_passes_come_twice_as_far_apart_up_to_the_max_and_windows_with_them(tmp_path):
+    from autonumad.daemon import REARM_AFTER_S, PassReport
+    d = make_daemon(tmp_path)                                   # 10 s, up to 60 s
+    d.published["managed_processes"] = [{"locality": 1.0}]
+    d.last_pass = PassReport(actions=2)
+    assert d._pass_interval_ms() == 2000
+    d.last_pass = PassReport(actions=0)
+    assert [d._pass_interval_ms() for _ in range(5)] == [10000, 20000, 40000, 60000, 60000]
+    assert d.sampler.rearm_after_s == 120.0                     # a pair of windows every two pauses
+    d.last_pass = PassReport(windows_open=1, window_left_s=0.5)  # such a pair: no change
+    assert d._pass_interval_ms() == 500 and d.sampler.rearm_after_s == 120.0
+    d.last_pass = PassReport(actions=0)
+    assert d._pass_interval_ms() == 60000
+    d.last_pass = PassReport(new_processes=1)                   # something new: short again
+    assert d._pass_interval_ms() == 2000 and d.sampler.rearm_after_s == REARM_AFTER_S
+    d.last_pass = PassReport(actions=0)
+    assert d._pass_interval_ms() == 10000
+    d.config = replace(d.config, scan=replace(d.config.scan, scan_sleep_pass_max_millisecs=5000))
+    assert d._pass_interval_ms() == 10000                       # never below the base
