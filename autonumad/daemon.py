@@ -330,7 +330,8 @@ class Daemon:
                     self._between_passes = False
         finally:
             self.notifier.stopping()
-            log.info("stopping")
+            log.info("stopping after %d passes: %.2f CPU s since start, %.2f s of it moving pages",
+                     self.counters["passes"], time.process_time(), self.budget.counters.excluded_cpu_s)
             if self.server:
                 self.server.stop()
             self.sampler.close()
@@ -447,6 +448,7 @@ class Daemon:
                 now, procfs.read_uptime(self.files), self.topology, observed, self._affinity,
                 self._owned_affinity, self.config.respect.user_affinity, self.config.respect.user_mempolicy,
                 skip_groups=self.stuck_groups.keys(), regions=self.sampler.regions,
+                region_versions=self.sampler.versions,
                 node_busy=self._node_busy(), inherited_pin=self._inherited_pin)
             self._not_inherited, self._not_inherited_next = self._not_inherited_next, {}
             plan = plan_pass(snapshot, self.policy_state, self._pass_policy_config())
@@ -801,7 +803,8 @@ class Daemon:
                 "scanner": {"pages_scanned": pacing.pages_scanned, "full_scans": pacing.full_scans,
                             "scan_cpu_s": round(mmc.scan_cpu_s, 3), "processes_scanned": mmc.processes_scanned,
                             "exact_reads": mmc.exact_reads, "gone_mid_scan": mmc.gone_mid_scan,
-                            "passes": self.counters["passes"], "throttled_s": round(pacing.throttled_s, 3)},
+                            "passes": self.counters["passes"], "throttled_s": round(pacing.throttled_s, 3),
+                            "cpu_s": round(time.process_time(), 3), "move_cpu_s": round(pacing.excluded_cpu_s, 3)},
                 "migrated": {"pages_migrated": self.actuator.counters["pages_migrated"],
                              "task_moves": self.actuator.counters["task_moves"],
                              "page_status": page_status_counts(self.actuator.counters)},

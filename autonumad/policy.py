@@ -705,7 +705,10 @@ def _plan_migrations(snapshot: Snapshot, state: PolicyState, config: PolicyConfi
                    and t.cpu_node in nodes}
         if not runs_on:
             continue
-        thread_node = {t.tid: t.cpu_node for t in process.tasks if t.cpu_node in nodes}
+        # the writers that count: threads that run (an idle main thread's few writes, each
+        # weighing much as a share of its own few, would pull groups to where it sleeps)
+        thread_node = {t.tid: t.cpu_node for t in process.tasks
+                       if t.runnable_weight >= config.runnable_threshold and t.cpu_node in nodes}
         thread_touches: Counter[int] = Counter()  # each thread's sampled touches of all of its process's groups
         for g in process.page_groups:
             thread_touches.update({tid: c for tid, c in g.touches.items() if c > 0})
@@ -793,15 +796,18 @@ def _shared_share(process: ProcessView, thread_node: Mapping[int, int]) -> float
     """Share of the process's sampled pages in groups written from more than one node (each
     thread counting as the node `thread_node` gives it)."""
     shared = total = 0
-    for group in process.page_groups:
-        by_node: Counter[int] = Counter()
+    for group in process.page_groups:  # plain dicts and loops: a few hundred groups each pass
+        by_node: dict[int, int] = {}
         for tid, count in group.touches.items():
-            if count > 0 and tid in thread_node:
-                by_node[thread_node[tid]] += count
+            node = thread_node.get(tid)
+            if node is not None and count > 0:
+                by_node[node] = by_node.get(node, 0) + count
         if by_node:
             total += group.pages
-            if sum(by_node.values()) - max(by_node.values()) >= SHARED_WRITER_SHARE * sum(by_node.values()):
-                shared += group.pages
+            if len(by_node) > 1:
+                writes = sum(by_node.values())
+                if writes - max(by_node.values()) >= SHARED_WRITER_SHARE * writes:
+                    shared += group.pages
     return shared / total if total else 0.0
 
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from autonumad.kernel.procfs import CLOCK_TICKS
 from autonumad.mm_stats import MmSnapshot
@@ -72,6 +73,10 @@ def movable_mapping(path: str) -> bool:
 class SnapshotBuilder:
     def __init__(self) -> None:
         self._last_run: dict[tuple[ProcessKey, int], tuple[int, float]] = {}
+        self._from_regions: dict[ProcessKey, tuple[Any, Any]] = {}
+        """Per process, (inputs, outputs) of the last region_groups and touch_locality: the
+        regions change only when a window is read or the daemon moves pages (their version),
+        and recounting a few hundred regions each pass is the pass's largest cost under TCG."""
 
     def build(self, now: float, uptime_s: float, topology: Topology, processes: list[tuple[ProcessInfo, MmSnapshot,
               list[ThreadStats]]], affinity_of: Callable[[int], frozenset[int] | None],
@@ -79,6 +84,7 @@ class SnapshotBuilder:
               respect_mempolicy: bool, skip_groups: Collection[tuple[int, int, int]] = (),
               regions: Mapping[ProcessKey, Mapping[int, RegionTouches]] | None = None,
               node_busy: Mapping[int, float] | None = None,
+              region_versions: Mapping[ProcessKey, int] | None = None,
               inherited_pin: Callable[[ProcessInfo, int, frozenset[int], int], frozenset[int] | None] | None = None,
               ) -> tuple[Snapshot, dict[tuple[int, int], dict[int, GroupRange]]]:
         online = frozenset(topology.cpus_online)
@@ -111,9 +117,20 @@ class SnapshotBuilder:
                     user_pinned=pinned, held=held))
             skip = {gid for pid, start, gid in skip_groups if (pid, start) == (key.pid, key.start_time)}
             touched = (regions or {}).get(key)
+            locality = None
             if touched:
-                process_groups = region_groups(touched, skip)
+                thread_node = {t.tid: t.cpu_node for t in tasks}
+                inputs = ((region_versions or {}).get(key), id(touched), frozenset(skip),
+                          tuple(sorted(thread_node.items())))
+                cached = self._from_regions.get(key)
+                if cached is not None and cached[0] == inputs and inputs[0] is not None:
+                    process_groups, locality = cached[1]
+                else:
+                    process_groups = region_groups(touched, skip)
+                    locality = touch_locality(touched, thread_node)
+                    self._from_regions[key] = (inputs, (process_groups, locality))
             else:
+                self._from_regions.pop(key, None)
                 process_groups = mapping_groups(mm, threads, skip)
             page_groups = [g for g, _ in process_groups.values()]
             process_ranges = {gid: r for gid, (_, r) in process_groups.items()}
@@ -124,8 +141,10 @@ class SnapshotBuilder:
                 node_pages={n: int(p) for n, p in sorted(mm.node_pages.items()) if p >= 1},
                 tasks=tuple(tasks), page_groups=tuple(page_groups), own_mempolicy=own_policy,
                 user_pinned=bool(tasks) and all(t.user_pinned for t in tasks),
-                touch_locality=touch_locality(touched, {t.tid: t.cpu_node for t in tasks}) if touched else None))
+                touch_locality=locality))
         self._last_run = last_run
+        seen = {info.key for info, _, _ in processes}
+        self._from_regions = {k: v for k, v in self._from_regions.items() if k in seen}
         shown: dict[int, float] = {}
         for view in views:
             for task in view.tasks:

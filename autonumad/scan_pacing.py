@@ -72,9 +72,12 @@ class ScanBudget:
         self.restart_window()
 
     def restart_window(self) -> None:
-        """Count from now: the daemon's start-up (imports, socket, sysctls) is no scanning
-        work, and counted it would stretch the first pauses, when balancing matters most."""
-        self._balance = 0.0  # CPU seconds spent beyond the ceiling so far (negative: credit)
+        """Count from now, with full credit: the daemon's start-up (imports, socket, sysctls)
+        is no scanning work, and a daemon that just started has used nothing, like one that
+        has been idle for `credit_window_s` (counted otherwise, the first passes, when
+        balancing matters most, would be the ones stretched)."""
+        # CPU seconds spent beyond the ceiling so far (negative: credit)
+        self._balance = -self.cpu_ceiling_percent / 100.0 * self.credit_window_s
         self._window_wall = self.clock()
         self._window_cpu = self.cpu_clock()
 

@@ -343,6 +343,8 @@ class WriteFaultSampler:
         """Per process, the sampled writes per REGION_BYTES region, over its windows (decayed)."""
         self.windows: dict[ProcessKey, int] = {}
         """Per process, how many windows were read (the number of the last one)."""
+        self.versions: dict[ProcessKey, int] = {}
+        """Per process, bumped at every change to its regions (a window read, a move noted)."""
         self._pair_open: set[ProcessKey] = set()   # first window of a pair read: arm the second now
         self._second: set[ProcessKey] = set()      # the window armed is the second of its pair
         self._last_armed: dict[ProcessKey, float] = {}
@@ -424,6 +426,7 @@ class WriteFaultSampler:
         regions = self.regions.get(key)
         if not regions:
             return 0
+        self.versions[key] = self.versions.get(key, 0) + 1
         updated = 0
         for region in range(start & ~(REGION_BYTES - 1), end, REGION_BYTES):
             touches = regions.get(region)
@@ -437,6 +440,7 @@ class WriteFaultSampler:
     def forget(self, keys: Iterable[ProcessKey]) -> None:
         for key in keys:
             self._drop_regions(key)
+            self.versions.pop(key, None)
             armed = self._armed.pop(key, None)
             if armed is not None:
                 self.calls.close_fault_sampler(armed.handle)
@@ -445,6 +449,7 @@ class WriteFaultSampler:
 
     def _drop_regions(self, key: ProcessKey) -> None:
         self.regions.pop(key, None)
+        self.versions[key] = self.versions.get(key, 0) + 1
         self.windows.pop(key, None)
         self._pair_open.discard(key)
         self._second.discard(key)
@@ -527,6 +532,7 @@ class WriteFaultSampler:
         self.counters.credited += self.tasks.add_accesses(armed.key, samples, nodes)
         key = armed.key
         self.windows[key] = self.windows.get(key, 0) + 1
+        self.versions[key] = self.versions.get(key, 0) + 1
         self.regions[key] = merge_regions(self.regions.get(key, {}), region_touches(samples, nodes),
                                           self.windows[key])
         if key in self._second:

@@ -424,6 +424,16 @@ def test_pages_of_a_process_whose_threads_run_on_several_nodes_follow_the_touchi
     assert [(m.group_id, m.to_node) for m in second.actions] == [(1, 0), (2, 1)]
 
 
+def test_an_idle_threads_few_writes_do_not_pull_memory_to_where_it_sleeps():
+    # tid 203 barely runs, on node 3; its 2 writes are all its writes, so as a share of its
+    # own they would outweigh the sweepers' hundreds
+    p = process(200, [thread(201, 0, user_pinned=True), thread(202, 1, user_pinned=True),
+                      thread(203, 3, runnable=0.0)], {},
+                [PageGroup(1, 2, 100, {201: 300, 202: 100, 203: 2})])
+    _, second = two_passes(machine(4, distances=PAIRS), p)
+    assert [(m.group_id, m.to_node) for m in second.actions] == [(1, 0)]
+
+
 def test_memory_no_thread_was_seen_touching_leaves_a_node_none_of_its_threads_run_on():
     # the S5 machine: threads on nodes 0 and 1 (two on 1); what sits on 2 and 3 is remote to all
     p = process(200, [thread(201, 0, user_pinned=True), thread(202, 1, user_pinned=True),

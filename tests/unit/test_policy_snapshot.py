@@ -131,6 +131,27 @@ def test_sampled_writes_make_region_groups_with_their_writers():
     assert groups[(KEY.pid, KEY.start_time)][group_id(HEAP, 1)].end == HEAP + REGION_BYTES
 
 
+def test_region_groups_are_recounted_only_when_the_regions_or_their_writers_nodes_change(monkeypatch):
+    from autonumad import policy_snapshot
+    calls = []
+    real = policy_snapshot.region_groups
+    monkeypatch.setattr(policy_snapshot, "region_groups", lambda *a: calls.append(1) or real(*a))
+    regions = {KEY: {HEAP: RegionTouches({101: 30}, {1: 30}, window=2)}}
+    b = SnapshotBuilder()
+    threads = [thread(101, 0), thread(102, 1)]
+    first, _ = build(b, 1.0, threads, regions=regions, region_versions={KEY: 1})
+    again, _ = build(b, 2.0, threads, regions=regions, region_versions={KEY: 1})
+    assert len(calls) == 1 and again.processes[0].page_groups == first.processes[0].page_groups
+    assert again.processes[0].touch_locality == 0.0
+    build(b, 3.0, [thread(101, 1), thread(102, 1)], regions=regions, region_versions={KEY: 1})  # 101 moved
+    regions[KEY][HEAP].nodes[0] = regions[KEY][HEAP].nodes.pop(1)                  # the daemon moved it
+    moved, _ = build(b, 4.0, [thread(101, 1), thread(102, 1)], regions=regions, region_versions={KEY: 2})
+    assert len(calls) == 3 and moved.processes[0].page_groups[0].node == 0
+    build(b, 5.0, threads, regions=regions)                                         # no versions: no cache
+    build(b, 6.0, threads, regions=regions)
+    assert len(calls) == 5
+
+
 def test_own_bind_policy_is_reported():
     snap, _ = build(SnapshotBuilder(), 1.0, [thread(101, 0)], policy=MemPolicy("bind", (1,)))
     assert snap.processes[0].own_mempolicy

@@ -166,11 +166,25 @@ def test_idle_time_is_credit_for_a_burst_then_the_ceiling_holds():
     c.work(1.0)                       # a burst of 1 s of CPU: paid from credit, no stretched pause
     b.end_pass()
     assert c.sleeps[-1] == pytest.approx(10.0)
-    for _ in range(3):                # sustained work: the ceiling holds again
+    for _ in range(4):                # sustained work: the ceiling holds again
         b.take(10)
         c.work(1.0)
         b.end_pass()
     assert c.sleeps[-1] == pytest.approx(1.0 / 0.05 - 1.0)
+
+
+def test_a_daemon_just_started_has_full_credit_for_its_first_burst():
+    c = Clocks()
+    b = c.budget(pages_to_scan=10, scan_sleep_millisecs=100, scan_sleep_pass_millisecs=1000,
+                 cpu_ceiling_percent=5, credit_window_s=30)
+    b.take(10)
+    c.work(1.4)                       # under the 1.5 s of credit: no stretched pause
+    b.end_pass()
+    assert c.sleeps[-1] == pytest.approx(1.0) and not b.throttled
+    b.take(10)
+    c.work(0.5)                       # past it: stretched
+    b.end_pass()
+    assert c.sleeps[-1] > 1.0 and b.throttled
 
 
 def test_a_pause_cut_short_is_not_counted_as_slept_against_the_ceiling():
