@@ -342,8 +342,8 @@ class Daemon:
         """Short while something is new or just moved, shortest while a sampling window or a
         second vote is awaited. While something stays misplaced with nothing to do about it
         (a process bigger than one node, a full node), the short interval doubles with each
-        such pass, up to the full one; once settled, the full interval doubles with each
-        quiet pass up to scan_sleep_pass_max_millisecs (as the kernel's NUMA scan period
+        such pass, on past the full one up to scan_sleep_pass_max_millisecs; once settled,
+        the full interval doubles with each quiet pass up to the same (as the kernel's NUMA scan period
         grows while its scans change nothing). Write-fault windows of processes spread over
         nodes come no more often than every two pauses of the moment (at least every
         REARM_AFTER_S)."""
@@ -364,8 +364,11 @@ class Daemon:
         target = self.config.policy.locality_target
         misplaced = any(p["locality"] is not None and p["locality"] < target
                         for p in self.published["managed_processes"])
-        if misplaced:
-            return min(base, active << min(self._quiet_passes - 1, 16))  # 1, 2, 4... times
+        if misplaced:  # as settled as it can be: from the short interval up to the longest
+            interval = min(longest, active << min(self._quiet_passes - 1, 16))  # 1, 2, 4... times
+            if interval > base:
+                self.sampler.rearm_after_s = max(REARM_AFTER_S, 2 * interval / 1000)
+            return interval
         self._settled_passes = settled + 1
         interval = min(longest, base << min(settled, 16))  # 1, 2, 4... times
         self.sampler.rearm_after_s = max(REARM_AFTER_S, 2 * interval / 1000)

@@ -171,7 +171,7 @@ def test_a_misplacement_nothing_can_be_done_about_is_looked_at_less_and_less_oft
     d.last_pass = PassReport(actions=2)
     assert d._pass_interval_ms() == 2000
     d.last_pass = PassReport(actions=0)
-    assert [d._pass_interval_ms() for _ in range(4)] == [2000, 4000, 8000, 10000]
+    assert [d._pass_interval_ms() for _ in range(7)] == [2000, 4000, 8000, 16000, 32000, 60000, 60000]
     d.last_pass = PassReport(actions=1)
     assert d._pass_interval_ms() == 2000                        # something moved: short again
 
