@@ -55,7 +55,7 @@ from autonumad.scan_pacing import ScanBudget
 from autonumad.state_file import DaemonState, StateFile, ThreadKey
 from autonumad.systemd_notify import Notifier
 from autonumad.task_stats import SATURATION_CHECK_S, TaskStatsTable, WriteFaultSampler
-from autonumad.topology import Topology, describe_cpu_changes, read_topology
+from autonumad.topology import Topology, describe_cpu_changes, read_topology, refresh_topology
 
 log = logging.getLogger("autonumad")
 
@@ -76,6 +76,9 @@ MOVED_GROUP_SHARE = 0.9
 """A page group counts as moved when this share of its pages did (busy pages stay behind)."""
 MOVER_NICE = -5
 """The nice of a thread while it moves pages (_mover_priority)."""
+TOPOLOGY_FULL_READ_PASSES = 20
+"""Every so many passes the topology is read in full; in between, only what changes
+(online CPUs and nodes, free memory: topology.refresh_topology)."""
 REARM_AFTER_S = 30.0
 """How often a process spread over nodes gets a pair of write-fault windows while things
 move; once settled, every two pauses between passes (_pass_interval_ms)."""
@@ -429,7 +432,8 @@ class Daemon:
 
     def run_pass(self) -> PassReport:
         started = time.monotonic()
-        self._follow_topology(read_topology(self.files))
+        full = self.counters["passes"] % TOPOLOGY_FULL_READ_PASSES == 0  # CPUs hot-added offline, say
+        self._follow_topology(read_topology(self.files) if full else refresh_topology(self.files, self.topology))
         found = self.discovery.discover()
         self._forget(found.left)
         self.actuator.prune_lineage()

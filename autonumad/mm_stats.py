@@ -294,6 +294,10 @@ class _ProcessState:
     snapshot: MmSnapshot
     known: dict[int, tuple[str, MemPolicy]]
     passes_since_exact: int = 0
+    maps_text: str = ""
+    """/proc/PID/maps as last read, and its parsed sampled_mappings: most passes find it
+    unchanged, and parsing a few hundred lines is a good part of a pass under TCG."""
+    mappings: list[MapsEntry] = field(default_factory=list)
 
 
 class MmStatsTable:
@@ -346,16 +350,19 @@ class MmStatsTable:
         state = self._state.get(key)
         cpu_before = self.cpu_clock()
         try:
-            maps = procfs.read_maps(self.files, key.pid)
+            text = procfs.read_maps_text(self.files, key.pid)
             if state is None or state.passes_since_exact >= EXACT_EVERY_PASSES:
+                maps = procfs.parse_maps(text)
                 budget.charge(process.rss_pages // NUMA_MAPS_PAGES_PER_SAMPLE)
                 entries = procfs.read_numa_maps(self.files, key.pid)
                 snapshot = exact_snapshot(key, entries, maps, self.clock())
                 known = {v.start: (v.kind, v.policy) for v in snapshot.vmas if v.policy is not None}
-                state = _ProcessState(snapshot, known)
+                state = _ProcessState(snapshot, known, maps_text=text, mappings=sampled_mappings(maps))
                 self.counters.exact_reads += 1
             else:
-                mappings = sampled_mappings(maps)
+                if text != state.maps_text:
+                    state.maps_text, state.mappings = text, sampled_mappings(procfs.parse_maps(text))
+                mappings = state.mappings
                 stride = choose_stride(process.rss_pages, sum(m.pages for m in mappings),
                                        self.pages_to_scan, self.sample_stride_pages, self.n_nodes)
                 state.snapshot = sampled_snapshot(key, mappings, stride, self.scan_ranges, budget, self.rng,

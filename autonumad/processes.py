@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 COMM_LEN = 15  # TASK_COMM_LEN - 1: comm is cut to this many characters
 KTHREAD_RECHECK_S = 30.0
+NAMES_RECHECK_S = 30.0
 KERNEL_THREAD = "kernel thread"
 HYSTERESIS = 0.5  # an admitted process stays while above this fraction of the thresholds
 
@@ -197,6 +198,10 @@ class ProcessDiscovery:
         self._history: dict[ProcessKey, _History] = {}
         self._admitted: set[ProcessKey] = set()
         self._users: dict[int, str] = {}
+        self._names: dict[ProcessKey, tuple[str, str, str, float]] = {}
+        """Per busy process: (comm, executable name, cgroup, when read). The executable name
+        (from cmdline, when comm is cut short) is read again when comm changes (an exec),
+        the cgroup every NAMES_RECHECK_S: two reads fewer per busy process and pass."""
         self.kernel_thread_pids: frozenset[int] = frozenset()
         """PIDs found to be kernel threads: not read again until they leave /proc, or
         KTHREAD_RECHECK_S passes (a PID freed and reused between two passes)."""
@@ -250,6 +255,7 @@ class ProcessDiscovery:
             elif info.key in self._admitted:
                 log.debug("pid %d (%s) no longer balanced: %s", pid, info.comm, reason)
         self._history = seen
+        self._names = {k: v for k, v in self._names.items() if k in seen}
         self.kernel_thread_pids = frozenset(kthreads)
         self.seen_pids = {key.pid for key in seen}
         keys = {info.key for info in admitted}
@@ -279,19 +285,22 @@ class ProcessDiscovery:
         if cpu_percent < floor:
             return _Idle(key, stat.comm, stat.cpu_ticks, f"CPU {cpu_percent:.1f}% below {floor:g}%")
         status = procfs.read_status(self.files, pid)
-        exe_name = stat.comm
-        if len(stat.comm) >= COMM_LEN:
-            argv = procfs.read_cmdline(self.files, pid)
-            if argv:
-                exe_name = os.path.basename(argv[0])
+        names = self._names.get(key)
+        if names is None or names[0] != stat.comm or now - names[3] >= NAMES_RECHECK_S:
+            exe_name = stat.comm
+            if len(stat.comm) >= COMM_LEN:
+                argv = procfs.read_cmdline(self.files, pid)
+                if argv:
+                    exe_name = os.path.basename(argv[0])
+            names = (stat.comm, exe_name, procfs.cgroup_path(procfs.read_cgroup(self.files, pid)), now)
+            self._names[key] = names
         uid = status.uids[0]
         if uid not in self._users:
             self._users[uid] = _user_name(uid)
         return ProcessInfo(
-            key=key, comm=stat.comm, exe_name=exe_name, uid=uid, user=self._users[uid],
+            key=key, comm=stat.comm, exe_name=names[1], uid=uid, user=self._users[uid],
             rss_kb=status.vm_rss_kb + status.hugetlb_kb, num_threads=stat.num_threads,
-            cpu_ticks=stat.cpu_ticks, cpu_percent=cpu_percent,
-            cgroup=procfs.cgroup_path(procfs.read_cgroup(self.files, pid)), ppid=stat.ppid)
+            cpu_ticks=stat.cpu_ticks, cpu_percent=cpu_percent, cgroup=names[2], ppid=stat.ppid)
 
 
 def find_processes(files: KernelFiles, wanted: str, own_pid: int | None = None) -> list[ProcessInfo]:

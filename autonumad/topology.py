@@ -27,7 +27,7 @@ they come back, and status says so.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from autonumad.constants import SYSFS_CPU_DIR, SYSFS_NODE_DIR
@@ -200,6 +200,25 @@ def read_topology(files: KernelFiles) -> Topology:
         cpus_online=cpus_online,
         cpus_offline=cpus_offline,
     )
+
+
+def refresh_topology(files: KernelFiles, previous: Topology) -> Topology:
+    """The topology now, reading only what changes from pass to pass when nothing else did:
+    the online CPUs and nodes (any change: a full read_topology) and each node's free and
+    total memory. Cheaper by three quarters of the files (the daemon reads it every pass;
+    under TCG each sysfs file costs a millisecond or two)."""
+    cpus_online = tuple(_read_list(files, SYSFS_CPU_ONLINE))
+    if cpus_online != previous.cpus_online or not files.exists(SYSFS_NODE_DIR):
+        return read_topology(files)
+    if tuple(_read_list(files, f"{SYSFS_NODE_DIR}/online")) != previous.online:
+        return read_topology(files)
+    nodes = {}
+    for nid, node in previous.nodes.items():
+        meminfo = _read_meminfo(files, f"{SYSFS_NODE_DIR}/node{nid}/meminfo", prefix=f"Node {nid} ")
+        if (meminfo["MemTotal"] > 0) != (node.mem_total_kb > 0):
+            return read_topology(files)  # memory came to a node or left it: has_memory changes
+        nodes[nid] = replace(node, mem_total_kb=meminfo["MemTotal"], mem_free_kb=meminfo["MemFree"])
+    return replace(previous, nodes=nodes)
 
 
 def _offline_cpus_by_node(files: KernelFiles, cpus_offline: tuple[int, ...]) -> dict[int, list[int]]:

@@ -412,7 +412,12 @@ def read_cmdline(files: KernelFiles, pid: int) -> list[str]:
 
 def read_maps(files: KernelFiles, pid: int) -> list[MapsEntry]:
     """Mappings of `pid`; empty for a kernel thread or a zombie (no mm)."""
-    return parse_maps(files.read_text(f"proc/{pid}/maps"))
+    return parse_maps(read_maps_text(files, pid))
+
+
+def read_maps_text(files: KernelFiles, pid: int) -> str:
+    """/proc/PID/maps as text, for a caller that parses it only when it changed."""
+    return files.read_text(f"proc/{pid}/maps")
 
 
 def read_numa_maps(files: KernelFiles, pid: int) -> list[NumaMapsEntry]:

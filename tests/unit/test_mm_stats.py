@@ -308,6 +308,26 @@ def test_first_sight_is_exact_then_sampled_with_policies_kept():
     assert table.counters.exact_reads == 1 and table.counters.processes_scanned == 2
 
 
+def test_maps_are_parsed_again_only_when_they_change(monkeypatch, tmp_path):
+    import shutil
+    root = tmp_path / "tree"
+    shutil.copytree(VM_TREE, root, symlinks=True)
+    files = KernelFiles(str(root))
+    parsed = []
+    real = procfs.parse_maps
+    monkeypatch.setattr(procfs, "parse_maps", lambda text: parsed.append(1) or real(text))
+    table = MmStatsTable(files, scan_ranges=FakeMemory(lambda addr: 0).scan_ranges)
+    for _ in range(3):
+        table.observe(process(9768), budget())
+        table.end_pass()
+    assert len(parsed) == 1                     # the exact read's; the two sampled passes reuse it
+    maps = root / "proc" / str(MIXED) / "maps"
+    lines = maps.read_text().splitlines(keepends=True)
+    maps.write_text("".join(lines[:-1]))        # a mapping went away
+    snapshot = table.observe(process(9768), budget())
+    assert len(parsed) == 2 and len(snapshot.vmas) <= len(lines) - 1
+
+
 def test_numa_maps_is_read_again_every_so_many_passes():
     files = KernelFiles(VM_TREE)
     memory = FakeMemory(lambda addr: 0)

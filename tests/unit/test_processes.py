@@ -298,3 +298,27 @@ def test_new_process_watch_does_not_read_kernel_threads_twice_and_bounds_its_rea
         watch.check()
     kthread = PIDS["kthread"]
     assert reads.count(kthread) <= 1  # a kernel thread is read once, then ignored
+
+
+def test_cgroup_and_command_line_are_read_again_only_after_an_exec_or_the_recheck_interval(tree, monkeypatch):
+    from autonumad.processes import NAMES_RECHECK_S
+    clock = Clock()
+    files = KernelFiles(str(tree))
+    discovery = ProcessDiscovery(files, ProcessFilter(), clock=clock, own_pid=NOT_US)
+    reads = []
+    real = procfs.read_cgroup
+    monkeypatch.setattr(procfs, "read_cgroup", lambda f, pid: reads.append(pid) or real(f, pid))
+    first = {p.pid: p for p in discovery.discover().processes}
+    assert reads.count(MIXED) == 1
+    clock.now += 2.0
+    again = {p.pid: p for p in discovery.discover().processes}
+    assert reads.count(MIXED) == 1 and again[MIXED].cgroup == first[MIXED].cgroup
+    path = tree / "proc" / str(MIXED) / "stat"                   # an exec: a new comm
+    head, _, tail = path.read_text().partition("(")
+    path.write_text(head + "(renamed" + tail[tail.index(")"):])
+    clock.now += 2.0
+    renamed = {p.pid: p for p in discovery.discover().processes}
+    assert reads.count(MIXED) == 2 and renamed[MIXED].comm == "renamed"
+    clock.now += NAMES_RECHECK_S
+    discovery.discover()
+    assert reads.count(MIXED) == 3

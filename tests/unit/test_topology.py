@@ -6,7 +6,8 @@ import pytest
 from conftest import FIXTURES
 
 from autonumad.kernel.files import KernelFiles
-from autonumad.topology import Node, Topology, TopologyError, describe_cpu_changes, read_topology
+from autonumad.topology import (Node, Topology, TopologyError, describe_cpu_changes, read_topology,
+                                refresh_topology)
 
 SYSFS = os.path.join(FIXTURES, "sysfs")
 NODE_DIR = "sys/devices/system/node"
@@ -238,3 +239,19 @@ def test_to_json_keys_nodes_by_id_string():
 def test_sizes_round_down_to_whole_mib_as_numactl_does():
     node = Node(id=0, cpus=(0,), mem_total_kb=2047, mem_free_kb=1024, distances={0: 10})
     assert (node.size_mb, node.free_mb) == (1, 1)
+
+
+def test_refresh_rereads_free_memory_and_falls_back_to_a_full_read_when_cpus_change(tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(os.path.join(SYSFS, "4node"), root)
+    files = KernelFiles(str(root))
+    first = read_topology(files)
+    assert refresh_topology(files, first) == first
+    meminfo = root / "sys/devices/system/node/node2/meminfo"
+    meminfo.write_text(meminfo.read_text().replace("MemFree:  ", "MemFree:  9", 1))
+    refreshed = refresh_topology(files, first)
+    assert refreshed == read_topology(files) and refreshed.nodes[2].mem_free_kb != first.nodes[2].mem_free_kb
+    shutil.rmtree(root / "sys")
+    shutil.copytree(os.path.join(SYSFS, "cpu-offline", "sys"), root / "sys")
+    offline = refresh_topology(files, first)
+    assert offline == read_topology(files) and offline.nodes[3].cpus == ()
