@@ -47,7 +47,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -155,6 +155,12 @@ def _sum_nodes(dicts: Iterable[dict[int, float]]) -> dict[int, float]:
     return dict(sorted(total.items()))
 
 
+def movable_mapping(path: str) -> bool:
+    """Private anonymous memory (heap, stack, anonymous, hugetlb): what migration may move."""
+    return path in ("", "[heap]", "[stack]", "[anon]") or path.startswith("[anon:") \
+        or path.startswith("/anon_hugepage")
+
+
 def sampled_mappings(maps: Sequence[MapsEntry]) -> list[MapsEntry]:
     """The mappings worth sampling: not the kernel's special ones, not inaccessible."""
     return [m for m in maps if m.path not in SPECIAL_MAPPINGS and m.perms[:3] != "---" and m.end > m.start]
@@ -244,18 +250,26 @@ def _window_chunks(mappings: Sequence[MapsEntry], stride: int,
 def sampled_snapshot(key: ProcessKey, mappings: Sequence[MapsEntry], stride: int, scan_ranges: ScanRanges,
                      budget: ScanBudget, rng: random.Random, taken_at: float,
                      known: dict[int, tuple[str, MemPolicy]] | None = None,
-                     local_node: int = -1, max_off_node: int = 0) -> MmSnapshot:
+                     local_node: int = -1, max_off_node: int = 0,
+                     carried: Mapping[int, VmaStats] | None = None) -> MmSnapshot:
     """Sample `mappings` of process `key.pid` at `stride`, in chunks the budget grants.
 
     `known`: mapping start -> (kind, policy) from the last numa_maps read.
+    `carried`: mapping start -> figures kept as they are for a mapping of that start, end
+    and path (not sampled).
     Raises ProcessGone / AccessDenied from the scanner.
     """
     known = known or {}
+    carried = carried or {}
+    kept = [carried.get(m.start) for m in mappings]
+    kept = [v if v is not None and v.end == m.end and v.path == m.path else None for v, m in zip(kept, mappings)]
+    scanned = [i for i, v in enumerate(kept) if v is None]
     per_vma: list[dict[int, float]] = [{} for _ in mappings]
     samples = absent = errors = 0
     off_addrs: list[int] = []
     off_nodes: list[int] = []
-    for chunk in _window_chunks(mappings, stride, budget.take):
+    for chunk in _window_chunks([mappings[i] for i in scanned], stride, budget.take):
+        chunk = [(scanned[index], start, end) for index, start, end in chunk]
         result = scan_ranges(key.pid, [(start, end) for _, start, end in chunk], stride,
                              rng.getrandbits(63), local_node, max_off_node)
         samples += result.sampled
@@ -273,9 +287,11 @@ def sampled_snapshot(key: ProcessKey, mappings: Sequence[MapsEntry], stride: int
         off_addrs = [off_addrs[i] for i in picked]
         off_nodes = [off_nodes[i] for i in picked]
     vmas = []
-    for m, node_pages in zip(mappings, per_vma):
-        kind, policy = known.get(m.start, (mapping_kind(m), None))
-        vmas.append(VmaStats(m.start, m.end, kind, m.path, policy, dict(sorted(node_pages.items()))))
+    for m, node_pages, vma in zip(mappings, per_vma, kept):
+        if vma is None:
+            kind, policy = known.get(m.start, (mapping_kind(m), None))
+            vma = VmaStats(m.start, m.end, kind, m.path, policy, dict(sorted(node_pages.items())))
+        vmas.append(vma)
     return MmSnapshot(key, False, tuple(vmas), taken_at, stride, samples, absent, errors,
                       tuple(off_addrs), tuple(off_nodes))
 
@@ -363,10 +379,15 @@ class MmStatsTable:
                 if text != state.maps_text:
                     state.maps_text, state.mappings = text, sampled_mappings(procfs.parse_maps(text))
                 mappings = state.mappings
-                stride = choose_stride(process.rss_pages, sum(m.pages for m in mappings),
+                # what the daemon never moves (libraries, files) keeps its figures from the last
+                # numa_maps read: only memory that can move is sampled (most mappings, little memory)
+                carried = {v.start: v for v in state.snapshot.vmas if not movable_mapping(v.path)}
+                moving = [m for m in mappings if m.start not in carried or carried[m.start].end != m.end]
+                kept_pages = sum(sum(v.node_pages.values()) for v in carried.values())
+                stride = choose_stride(max(1, process.rss_pages - int(kept_pages)), sum(m.pages for m in moving),
                                        self.pages_to_scan, self.sample_stride_pages, self.n_nodes)
                 state.snapshot = sampled_snapshot(key, mappings, stride, self.scan_ranges, budget, self.rng,
-                                                  self.clock(), state.known, local_node, max_off_node)
+                                                  self.clock(), state.known, local_node, max_off_node, carried)
         except ProcessGone:
             log.debug("pid %d (%s) went away during its scan", key.pid, process.comm)
             self.counters.gone_mid_scan += 1

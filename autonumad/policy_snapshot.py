@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from autonumad.kernel.procfs import CLOCK_TICKS
-from autonumad.mm_stats import MmSnapshot
+from autonumad.mm_stats import MmSnapshot, movable_mapping
 from autonumad.policy import NodeView, PageGroup, ProcessView, Snapshot, TaskView
 from autonumad.processes import ProcessInfo, ProcessKey
 from autonumad.constants import PAGE_SIZE
@@ -62,12 +62,6 @@ class GroupRange:
 
 def group_id(start: int, node: int) -> int:
     return ((start >> 12) << NODE_BITS) | node
-
-
-def movable_mapping(path: str) -> bool:
-    """Private anonymous memory (heap, stack, anonymous, hugetlb): what migration may move."""
-    return path in ("", "[heap]", "[stack]", "[anon]") or path.startswith("[anon:") \
-        or path.startswith("/anon_hugepage")
 
 
 class SnapshotBuilder:
