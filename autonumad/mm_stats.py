@@ -314,6 +314,9 @@ class _ProcessState:
     """/proc/PID/maps as last read, and its parsed sampled_mappings: most passes find it
     unchanged, and parsing a few hundred lines is a good part of a pass under TCG."""
     mappings: list[MapsEntry] = field(default_factory=list)
+    carried: tuple[dict[int, VmaStats], list[MapsEntry], float] | None = None
+    """For the maps above: the figures kept from the last numa_maps read (by mapping start),
+    the mappings sampled instead, and the pages kept."""
 
 
 class MmStatsTable:
@@ -378,12 +381,15 @@ class MmStatsTable:
             else:
                 if text != state.maps_text:
                     state.maps_text, state.mappings = text, sampled_mappings(procfs.parse_maps(text))
+                    state.carried = None
                 mappings = state.mappings
-                # what the daemon never moves (libraries, files) keeps its figures from the last
-                # numa_maps read: only memory that can move is sampled (most mappings, little memory)
-                carried = {v.start: v for v in state.snapshot.vmas if not movable_mapping(v.path)}
-                moving = [m for m in mappings if m.start not in carried or carried[m.start].end != m.end]
-                kept_pages = sum(sum(v.node_pages.values()) for v in carried.values())
+                if state.carried is None:
+                    # what the daemon never moves (libraries, files) keeps its figures from the last
+                    # numa_maps read: only memory that can move is sampled (most mappings, little memory)
+                    kept = {v.start: v for v in state.snapshot.vmas if not movable_mapping(v.path)}
+                    state.carried = (kept, [m for m in mappings if m.start not in kept or kept[m.start].end != m.end],
+                                     sum(sum(v.node_pages.values()) for v in kept.values()))
+                carried, moving, kept_pages = state.carried
                 stride = choose_stride(max(1, process.rss_pages - int(kept_pages)), sum(m.pages for m in moving),
                                        self.pages_to_scan, self.sample_stride_pages, self.n_nodes)
                 state.snapshot = sampled_snapshot(key, mappings, stride, self.scan_ranges, budget, self.rng,
