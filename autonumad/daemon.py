@@ -24,7 +24,9 @@ import contextlib
 import logging
 import os
 import random
+import select
 import signal
+import socket
 import threading
 import time
 from collections import Counter
@@ -182,7 +184,13 @@ class Daemon:
         self.notifier = notifier or Notifier()
         self.lock = threading.RLock()
         self.stop_event = threading.Event()
-        self.wake = threading.Event()  # set with stop, reload, enable and disable: ends any pause
+        self._stop_requested = False  # set by SIGTERM/SIGINT; the loop turns it into stop_event
+        # A byte on this socket pair ends any pause of the main loop: written by signal
+        # handlers (a plain send, no lock a handler could wait for on the thread it interrupted)
+        # and by control-socket handlers that change what the loop should do.
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
         self.reload_requested = False
         self.runtime_enabled = True
         self.started_at = time.time()
@@ -297,8 +305,8 @@ class Daemon:
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> int:
-        signal.signal(signal.SIGTERM, lambda *_: self.stop())
-        signal.signal(signal.SIGINT, lambda *_: self.stop())
+        signal.signal(signal.SIGTERM, lambda *_: self._signal_stop())
+        signal.signal(signal.SIGINT, lambda *_: self._signal_stop())
         signal.signal(signal.SIGHUP, lambda *_: self._request_reload())
         self.take_kernel_balancing()
         self.start_control_socket()
@@ -308,8 +316,7 @@ class Daemon:
         self.notifier.ready(self.status_line())
         self.budget.restart_window()
         try:
-            while not self.stop_event.is_set():
-                self.wake.clear()  # before the checks: whatever sets it later ends the next pause
+            while not self._stopping():
                 if self.reload_requested:
                     self.reload()
                 if not self.balancing():
@@ -339,6 +346,9 @@ class Daemon:
                 self.server.stop()
             self.sampler.close()
             self.give_back()
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the socket pair goes: nothing to poke
+            for sock in (self._wake_r, self._wake_w):
+                sock.close()
         return 0
 
     def _pass_interval_ms(self) -> int:
@@ -378,18 +388,53 @@ class Daemon:
         return interval
 
     def stop(self) -> None:
+        """Stop the loop (from any thread; signal handlers use _signal_stop)."""
+        self._stop_requested = True
         self.stop_event.set()
-        self.wake.set()
+        self._poke()
+
+    def _signal_stop(self) -> None:
+        self._stop_requested = True  # plain flags only: the handler runs on the main thread,
+        self._poke()                 # which may be holding any lock when it is interrupted
+
+    def _stopping(self) -> bool:
+        if self._stop_requested and not self.stop_event.is_set():
+            self.stop_event.set()  # for the mover threads
+        return self.stop_event.is_set()
 
     def _request_reload(self) -> None:
         self.reload_requested = True
-        self.wake.set()
+        self._poke()
+
+    def _poke(self) -> None:
+        """End the main loop's pause under way, or the next one (safe in a signal handler)."""
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:  # full: a wake-up is already pending; closed: stopping anyway
+            pass
+
+    def _wait(self, seconds: float) -> bool:
+        """Pause up to `seconds`; True when woken (a stop or a reload pending, or a poke)."""
+        if self._stop_requested or self.reload_requested:
+            return True
+        try:
+            ready, _, _ = select.select([self._wake_r], [], [], max(0.0, seconds))
+        except OSError:
+            return False
+        if not ready:
+            return self._stop_requested or self.reload_requested
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except OSError:  # drained (BlockingIOError)
+            pass
+        return True
 
     def _idle(self) -> None:
         """Wait while not balancing: until woken, or the watchdog's next ping is due."""
         self.notifier.watchdog()
         due = self.notifier.next_ping_s()
-        self.wake.wait(IDLE_WAIT_S if due is None else min(IDLE_WAIT_S, max(due, 0.01)))
+        self._wait(IDLE_WAIT_S if due is None else min(IDLE_WAIT_S, max(due, 0.01)))
 
     def _wake_rss_kb(self) -> int:
         return max(WAKE_MIN_RSS_MB, self.config.policy.min_rss_mb) * 1024
@@ -411,7 +456,7 @@ class Daemon:
             window = watching and self.sampler.windows_open()
             tick = min(SATURATION_CHECK_S if window else WATCH_TICK_S, max(0.0, next_watch - now)) \
                 if watching else SLEEP_TICK_S
-            if self.wake.wait(min(left, tick)) or self.reload_requested or not self.balancing():
+            if self._wait(min(left, tick)) or not self.balancing():
                 raise _Interrupted()
             now = time.monotonic()
             if now >= deadline or not watching:
@@ -448,6 +493,7 @@ class Daemon:
                 continue
             observed.append((info, mm, self.tasks.threads(info.key)))
             self.sampler.poll((info.key,))  # drains the armed samplers; may arm this one process
+        self.sampler.poll(())  # a window of a process this pass could not observe is read all the same
         with self.lock:
             now = time.monotonic()
             self.stuck_groups = {k: until for k, until in self.stuck_groups.items() if until > now}
@@ -690,7 +736,7 @@ class Daemon:
             step, moves = self.actuator.migrate_ranges(pid, start_time, ranges, from_node, to_node, resume, limit)
             if step.startswith("deferred"):
                 wait = min(period_s, self.migrate_wait_s - waited)
-                if wait <= 0 or self.stop_event.wait(wait):
+                if wait <= 0 or self._stop_requested or self.stop_event.wait(wait):
                     break
                 waited += wait
                 continue
@@ -844,6 +890,7 @@ class Daemon:
             previous = self.config.knob(name)
             self._apply_config(new)
             log.info("knob %s set to %s (was %s) until the next reload", name, new.knob(name), previous)
+            self._poke()  # the next pass comes now, under the new value
             return {"knob": name, "value": new.knob(name), "previous": previous}
 
     def handle_config(self, args: dict) -> dict:
@@ -852,7 +899,7 @@ class Daemon:
     def handle_enable(self, args: dict) -> dict:
         with self.lock:
             self.runtime_enabled = True
-            self.wake.set()
+            self._poke()
             log.info("enabled at runtime")
             self.take_kernel_balancing()
             return {"balancing": self.balancing(), "off_reason": self.off_reason(), "restored_affinities": 0}
@@ -860,7 +907,7 @@ class Daemon:
     def handle_disable(self, args: dict) -> dict:
         with self.lock:
             self.runtime_enabled = False
-            self.wake.set()
+            self._poke()
             restored = self.disable_and_forget()
             log.info("disabled at runtime: %d affinities restored", restored)
             return {"balancing": False, "off_reason": self.off_reason(), "restored_affinities": restored}
@@ -888,6 +935,7 @@ class Daemon:
             changed = self.reload()
             if changed is None:
                 raise ProtocolError("bad_request", self.last_reload_error)
+            self._poke()  # a config that turns balancing on (or off) takes effect now
             return {"config_path": self.config_path, "changed": changed}
 
     def handle_advise(self, args: dict) -> dict:

@@ -296,6 +296,22 @@ def sampled_snapshot(key: ProcessKey, mappings: Sequence[MapsEntry], stride: int
                       tuple(off_addrs), tuple(off_nodes))
 
 
+def _carried(vmas: Sequence[VmaStats], mappings: Sequence[MapsEntry]
+             ) -> tuple[dict[int, VmaStats], list[MapsEntry], float]:
+    """What a sampled pass keeps from the last numa_maps read instead of sampling it: private,
+    read-only file mappings (program and library text and constants: most mappings, little
+    memory, never moved, never growing); shared or writable ones (shared memory, memfd, data
+    files) are sampled, as they may hold much of a process's memory and grow. Returns the
+    kept figures by mapping start, the mappings to sample, and the pages kept."""
+    previous = {v.start: v for v in vmas if not movable_mapping(v.path)}
+    kept = {}
+    for m in mappings:
+        v = previous.get(m.start)
+        if v is not None and v.end == m.end and v.path == m.path and m.perms[1] != "w" and m.perms[3] == "p":
+            kept[m.start] = v
+    return kept, [m for m in mappings if m.start not in kept], sum(sum(v.node_pages.values()) for v in kept.values())
+
+
 @dataclass
 class MmCounters:
     processes_scanned: int = 0
@@ -384,11 +400,7 @@ class MmStatsTable:
                     state.carried = None
                 mappings = state.mappings
                 if state.carried is None:
-                    # what the daemon never moves (libraries, files) keeps its figures from the last
-                    # numa_maps read: only memory that can move is sampled (most mappings, little memory)
-                    kept = {v.start: v for v in state.snapshot.vmas if not movable_mapping(v.path)}
-                    state.carried = (kept, [m for m in mappings if m.start not in kept or kept[m.start].end != m.end],
-                                     sum(sum(v.node_pages.values()) for v in kept.values()))
+                    state.carried = _carried(state.snapshot.vmas, mappings)
                 carried, moving, kept_pages = state.carried
                 stride = choose_stride(max(1, process.rss_pages - int(kept_pages)), sum(m.pages for m in moving),
                                        self.pages_to_scan, self.sample_stride_pages, self.n_nodes)

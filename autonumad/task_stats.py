@@ -279,6 +279,7 @@ class _Armed:
     period: int = 1
     threads: int = 1
     checked: tuple[float, int] = (0.0, 0)  # (when, samples + lost then) at the last `window_ready` look
+    quiet_looks: int = 0                   # looks in a row that found no new fault (to speak of)
     saturated: bool = False                # its writers stopped faulting: readable before window_s
 
 
@@ -290,8 +291,11 @@ RING_SAMPLES = 1024
 MIN_WINDOW_S = 0.25
 SATURATION_CHECK_S = 0.1
 SATURATION_SHARE = 0.02
-"""A window is read before window_s once it has been open MIN_WINDOW_S and its samples grew
-by no more than SATURATION_SHARE between two looks SATURATION_CHECK_S apart (window_ready)."""
+SATURATION_LOOKS = 2
+"""A window is read before window_s once it has been open MIN_WINDOW_S, holds at least
+MIN_ACCESS_SAMPLES per thread watched, and its samples grew by no more than SATURATION_SHARE
+at each of SATURATION_LOOKS looks in a row SATURATION_CHECK_S apart (window_ready): a slow
+writer's window, with a quiet tenth of a second now and then, waits for window_s."""
 
 
 def next_sample_period(period: int, samples: int, lost: int, threads: int) -> int:
@@ -410,9 +414,11 @@ class WriteFaultSampler:
             when, before = armed.checked
             count = len(armed.samples) + getattr(armed.handle, "lost", 0)  # full rings are not quiet ones
             if now - when >= SATURATION_CHECK_S / 2:  # the ticks are this far apart, give or take
+                quiet = when > armed.armed_at and count - before <= SATURATION_SHARE * count
+                armed.quiet_looks = armed.quiet_looks + 1 if quiet else 0
                 armed.saturated = armed.saturated or (
-                    now - armed.armed_at >= MIN_WINDOW_S and count > 0 and when > armed.armed_at
-                    and count - before <= SATURATION_SHARE * count)
+                    now - armed.armed_at >= MIN_WINDOW_S and count >= MIN_ACCESS_SAMPLES * armed.threads
+                    and armed.quiet_looks >= SATURATION_LOOKS)
                 armed.checked = (now, count)
             ready = ready or armed.saturated or now - armed.armed_at >= self.window_s
         return ready

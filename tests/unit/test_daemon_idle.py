@@ -37,11 +37,26 @@ def test_idle_ends_at_once_on_stop_and_on_enable(tmp_path):
     assert not done.wait(0.3)
     d.handle_enable({})
     assert done.wait(2) and d.balancing()
-    d.wake.clear()
     done = idle_in_thread(d)
     assert not done.wait(0.3)
     d.stop()
     assert done.wait(2) and d.stop_event.is_set()
+
+
+def test_a_signal_only_sets_flags_and_pokes_and_the_loop_turns_a_stop_into_stop_event(tmp_path):
+    d = make_daemon(tmp_path)
+    d._signal_stop()
+    assert not d.stop_event.is_set() and d._wait(5.0)   # pending: no wait at all
+    assert d._stopping() and d.stop_event.is_set()
+
+
+def test_a_poke_before_the_pause_ends_it_at_once_and_only_once(tmp_path):
+    d = make_daemon(tmp_path)
+    d._poke()
+    d._poke()
+    assert d._wait(5.0)                                  # both bytes drained
+    started = time.monotonic()
+    assert not d._wait(0.2) and time.monotonic() - started >= 0.15
 
 
 def test_idle_wakes_in_time_for_the_watchdog(tmp_path, monkeypatch):

@@ -228,10 +228,23 @@ def test_a_window_whose_writers_stopped_faulting_is_read_before_window_s():
     clock.now = 0.2
     assert not s.window_ready()            # still faulting
     clock.now = 0.3
-    assert s.window_ready()                # no new fault in 0.1 s, open 0.25 s or more
-    assert s.window_left() == 0.7
+    assert not s.window_ready()            # no new fault in 0.1 s: once is not enough
+    clock.now = 0.4
+    assert s.window_ready()                # twice in a row, open 0.25 s or more, 8 samples a thread
+    assert s.window_left() == 0.6
     s.poll([key])
     assert len(calls.closed) == 1 and s.windows[key] == 1 and s.counters.samples == 149
+
+
+def test_a_window_of_a_few_samples_waits_for_window_s():
+    key = ProcessKey(1000, 1)
+    tasks, calls, clock = spread_table(key), FakeCalls(), Clock()
+    _, s = sampler(tasks, calls, clock)
+    s.poll([key])
+    calls.samples = [(1000, 0x200000, 0)] * 5          # a slow writer: 5 faults, then a pause
+    for step in range(1, 10):
+        clock.now = step / 10
+        assert not s.window_ready()
 
 
 def test_a_window_that_saw_no_write_or_keeps_faulting_waits_for_window_s():
