@@ -69,7 +69,7 @@ Only for processes that did not set their own memory policy, and none of whose
 threads are about to move this pass (moving the thread is cheaper than moving its
 pages, so that is tried first). Pinned processes' memory follows their threads.
 - A process whose runnable threads all run on node A wants every page group on
-  another node moved to A.
+  another node moved to A, unless REMNANT_LOCALITY of its memory is there already.
 - A process whose threads run on several nodes wants each group moved to the node
   whose threads touched it most (per-thread fault samples, mapped through each
   thread's current node, each thread's touches counted as their share of all its
@@ -713,6 +713,8 @@ def _plan_migrations(snapshot: Snapshot, state: PolicyState, config: PolicyConfi
         for g in process.page_groups:
             thread_touches.update({tid: c for tid, c in g.touches.items() if c > 0})
         shared = len(runs_on) > 1 and _shared_share(process, thread_node) >= SHARED_MEMORY_SHARE
+        if len(runs_on) == 1 and _shares(process.node_pages).get(next(iter(runs_on)), 0.0) >= REMNANT_LOCALITY:
+            continue  # what is left elsewhere is mostly what cannot move, or sampling noise
         for group in sorted(process.page_groups, key=lambda g: g.id):
             if shared and group.node in runs_on:
                 continue  # its threads write the same memory: it stays with whichever of them it is with
@@ -816,6 +818,14 @@ SAMPLE_NOISE_SIGMAS = 2.0
 this many standard deviations of the sampling noise (a lead of 1/sqrt(samples) is one for a
 group written from two nodes alike): otherwise two nodes that write a group equally would
 pass it back and forth. A group written from one node only (a numa02 slice) needs no more."""
+
+
+REMNANT_LOCALITY = 0.98
+"""A process whose runnable threads all run on one node, with this share of its memory
+there, has the rest left alone: mostly pages that cannot move (shared with its parent since
+fork, pinned) and sampled estimates of a few pages each, which would cost a vote pass and a
+move of nothing, again and again (AutoNUMA's memory follows CPU; numad also stops at a
+process that is local enough)."""
 
 
 UNSEEN_GROUP_WEIGHT = 0.5

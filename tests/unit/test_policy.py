@@ -424,6 +424,16 @@ def test_pages_of_a_process_whose_threads_run_on_several_nodes_follow_the_touchi
     assert [(m.group_id, m.to_node) for m in second.actions] == [(1, 0), (2, 1)]
 
 
+def test_a_process_local_enough_has_its_last_stray_pages_left_alone():
+    def with_stray(stray):
+        return process(811, [thread(811, 0, user_pinned=True)], {0: 1000 - stray, 1: stray},
+                       [PageGroup(1, 0, 1000 - stray), PageGroup(2, 1, stray)])
+    _, second = two_passes(machine(), with_stray(15))           # 98.5% local: what is left stays
+    assert migrations(second) == []
+    _, second = two_passes(machine(), with_stray(100))          # 90%: it comes
+    assert [(m.group_id, m.to_node) for m in second.actions] == [(2, 0)]
+
+
 def test_an_idle_threads_few_writes_do_not_pull_memory_to_where_it_sleeps():
     # tid 203 barely runs, on node 3; its 2 writes are all its writes, so as a share of its
     # own they would outweigh the sweepers' hundreds
