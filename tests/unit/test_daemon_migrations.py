@@ -195,7 +195,7 @@ def test_movers_run_at_mover_nice_then_go_back_and_move_anyway_without_the_privi
         real = ops.move_ranges
 
         def move_ranges(*args):
-            seen.append(nice.get(threading.get_native_id(), 0))
+            seen.append((refuse, nice.get(threading.get_native_id(), 0)))
             return real(*args)
 
         ops.move_ranges = move_ranges
@@ -203,7 +203,9 @@ def test_movers_run_at_mover_nice_then_go_back_and_move_anyway_without_the_privi
         d.groups = {(10, 77): {1: GroupRange(REGION, 2 * REGION, 1), 2: GroupRange(2 * REGION, 3 * REGION, 0)}}
         lines = d.apply(Plan((migration(1, 1, 0), migration(2, 0, 1)), d.policy_state))
         assert all(line.endswith("[done, 512 pages moved]") for line in lines)
-    assert seen == [daemon_module.MOVER_NICE] * 2 + [0] * 2
+    # one call or more per mover (as the rate limit's tokens come): all at MOVER_NICE, then at 0
+    assert {n for refused, n in seen if not refused} == {daemon_module.MOVER_NICE}
+    assert {n for refused, n in seen if refused} == {0}
     assert nice[threading.get_native_id()] == 0  # the main thread moved one run: back at its nice
 
 
