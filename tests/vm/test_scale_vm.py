@@ -30,6 +30,7 @@ from collections.abc import Iterator
 import pytest
 
 from autonumad.control_client import request
+from autonumad.daemon import CPU_CREDIT_WINDOW_S
 from autonumad.kernel import numa_calls, procfs
 from autonumad.kernel.files import KernelFiles
 from autonumad.mm_stats import MmStatsTable
@@ -180,7 +181,8 @@ def test_500_processes_and_5000_threads_are_tracked_within_the_configured_budget
         f"measured from the daemon's start: {passes} passes in s": round(wall, 1),
         "pass durations s": sorted(durations.values()),
         "pass cycle s (wall / passes)": round(wall / passes, 1),
-        "daemon CPU %": round(cpu_percent, 1),
+        "daemon CPU % (allowed from the start, credit included)": f"{cpu_percent:.1f} "
+            f"({SLACK * CPU_CEILING_PERCENT * (wall + CPU_CREDIT_WINDOW_S) / wall:.1f})",
         "daemon max RSS MB": round(rss_max / 1024, 1),
         "pages sampled / s (budget)": f"{pages / wall:.0f} ({budget_per_s:.0f})",
         "scanner CPU s / throttled s": f"{sc1['scanner']['scan_cpu_s'] - sc0['scanner']['scan_cpu_s']:.1f} / "
@@ -195,7 +197,9 @@ def test_500_processes_and_5000_threads_are_tracked_within_the_configured_budget
     assert rss_max / 1024 < MAX_RSS_MB
     assert max(durations.values()) < MAX_PASS_S
     assert pages / wall <= SLACK * budget_per_s
-    assert cpu_percent <= SLACK * CPU_CEILING_PERCENT
+    # the ceiling holds over the long run with up to ceiling x CPU_CREDIT_WINDOW_S of credit, all
+    # of it there at the start (ScanBudget.restart_window): over a short run from the start
+    assert cpu1 - cpu0 <= SLACK * CPU_CEILING_PERCENT / 100 * (wall + CPU_CREDIT_WINDOW_S)
 
 
 # One mapping per page: the buffer is written node by node (MAPPINGS / nodes pages
