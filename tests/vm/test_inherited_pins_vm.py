@@ -38,14 +38,28 @@ numa_calls.sweep(buf, 0, len(buf), 1, None)
 # threads the daemon pins (holds where it runs, or moves).
 threading.Thread(target=busy, args=(buf,), daemon=True).start()
 busy(buf, go_file)
-worker = threading.Thread(target=busy, args=(buf,), daemon=True)
+# each notes the CPUs it was born with, before the daemon, which may move it later, can act
+def cpus():
+    return ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+
+born = {}
+def work():
+    born["worker"] = cpus()
+    busy(buf)
+
+worker = threading.Thread(target=work, daemon=True)
 worker.start()
+r, w = os.pipe()
 child = os.fork()
 if child == 0:
+    os.write(w, (cpus() + "\n").encode())
     own = mmap.mmap(-1, 24 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     busy(own)
+child_cpus = os.read(r, 4096).decode().strip()
+while "worker" not in born:
+    pass
 with open(report, "w") as f:
-    f.write(f"{worker.native_id} {child}\n")
+    f.write(f"{worker.native_id} {child} {born['worker']} {child_cpus}\n")
 busy(buf)
 '''
 
@@ -81,8 +95,10 @@ def test_a_new_thread_and_a_forked_child_inherit_the_daemons_pin_and_get_every_c
             pass
         wait_for(lambda: os.path.exists(report) and os.path.getsize(report) > 0, 120, "the new thread and child")
         with open(report) as f:
-            worker, child = (int(x) for x in f.read().split())
-        assert set(os.sched_getaffinity(worker)) == pin and set(os.sched_getaffinity(child)) == pin
+            fields = f.read().split()
+        worker, child = int(fields[0]), int(fields[1])
+        born = [{int(c) for c in field.split(",")} for field in fields[2:4]]
+        assert born == [pin, pin], (born, pin)  # what each had at birth (the daemon may move them since)
         try:
             wait_for(lambda: {(proc.pid, worker), (child, child)} <= records(d).keys(), 180,
                      "the daemon to adopt the pins the new thread and the child inherited")
