@@ -172,6 +172,28 @@ class PassReport:
     """Seconds until the first of them is due."""
     first_votes: int = 0
     """Page groups that asked to move for the first time."""
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    """CPU seconds by part: the pause before the pass (watching for new processes, control
+    requests), then the pass's own (discover, threads, memory, sampler, snapshot, plan, act,
+    publish)."""
+
+    def cpu_summary(self) -> str:
+        parts = ", ".join(f"{part} {seconds:.2f}" for part, seconds in self.cpu_s.items() if part != "pause")
+        pause = f"; pause before {self.cpu_s['pause']:.2f}" if "pause" in self.cpu_s else ""
+        return f"{sum(v for k, v in self.cpu_s.items() if k != 'pause'):.2f} CPU s ({parts}{pause})"
+
+
+class _PartClock:
+    """CPU seconds between marks, by the part of a pass just finished."""
+
+    def __init__(self, pause_from: float | None) -> None:
+        self._last = time.process_time()
+        self.parts: dict[str, float] = {} if pause_from is None else {"pause": self._last - pause_from}
+
+    def mark(self, part: str) -> None:
+        now = time.process_time()
+        self.parts[part] = self.parts.get(part, 0.0) + now - self._last
+        self._last = now
 
 
 class Daemon:
@@ -196,6 +218,7 @@ class Daemon:
         self.started_at = time.time()
         self.counters: Counter = Counter()
         self.last_pass = PassReport()
+        self._pass_cpu_end: float | None = None  # process CPU time when the last pass ended
         self._quiet_passes = 0  # passes in a row that did nothing and left nothing awaited
         self._settled_passes = 0  # of them, in a row with every process placed
         self.published: dict[str, Any] = {"managed_processes": [], "managed_threads": {}}
@@ -327,9 +350,10 @@ class Daemon:
                     self.run_pass()
                     self.notifier.status(self.status_line())
                     self.budget.scan_sleep_pass_millisecs = self._pass_interval_ms()
-                    log.debug("pass %d: %.2f s, %d processes, %d actions; next in %.1f s or more (CPU ceiling)",
-                              self.counters["passes"], self.last_pass.duration_s, self.last_pass.processes,
-                              self.last_pass.actions, self.budget.scan_sleep_pass_millisecs / 1000)
+                    log.debug("pass %d: %.2f s, %s, %d processes, %d actions; next in %.1f s or more (CPU ceiling)",
+                              self.counters["passes"], self.last_pass.duration_s, self.last_pass.cpu_summary(),
+                              self.last_pass.processes, self.last_pass.actions,
+                              self.budget.scan_sleep_pass_millisecs / 1000)
                     self.new_processes.reset(self.discovery.seen_pids | self.discovery.kernel_thread_pids)
                     self.new_processes.min_rss_kb = self._wake_rss_kb()
                     self._between_passes = True
@@ -477,23 +501,30 @@ class Daemon:
 
     def run_pass(self) -> PassReport:
         started = time.monotonic()
+        cpu = _PartClock(self._pass_cpu_end)
         full = self.counters["passes"] % TOPOLOGY_FULL_READ_PASSES == 0  # CPUs hot-added offline, say
         self._follow_topology(read_topology(self.files) if full else refresh_topology(self.files, self.topology))
         found = self.discovery.discover()
         self._forget(found.left)
         self.actuator.prune_lineage()
         self.managed_keys = [info.key for info in found.processes]
+        cpu.mark("discover")
         observed = []
         for info in found.processes:
             self.notifier.watchdog()
-            if not self.tasks.look(self.files, info.key):
+            looked = self.tasks.look(self.files, info.key)
+            cpu.mark("threads")
+            if not looked:
                 continue
             mm = self.mm.observe(info, self.budget)
+            cpu.mark("memory")
             if mm is None:
                 continue
             observed.append((info, mm, self.tasks.threads(info.key)))
             self.sampler.poll((info.key,))  # drains the armed samplers; may arm this one process
+            cpu.mark("sampler")
         self.sampler.poll(())  # a window of a process this pass could not observe is read all the same
+        cpu.mark("sampler")
         with self.lock:
             now = time.monotonic()
             self.stuck_groups = {k: until for k, until in self.stuck_groups.items() if until > now}
@@ -504,19 +535,28 @@ class Daemon:
                 region_versions=self.sampler.versions,
                 node_busy=self._node_busy(), inherited_pin=self._inherited_pin)
             self._not_inherited, self._not_inherited_next = self._not_inherited_next, {}
+            cpu.mark("snapshot")
             plan = plan_pass(snapshot, self.policy_state, self._pass_policy_config())
+            cpu.mark("plan")
             first_votes = sum(1 for key, node in plan.state.group_target.items()
                               if self.policy_state.group_target.get(key) != node)
+            voted = {key[:2] for key in plan.state.group_target}
+            for view in snapshot.processes:  # its pages may move: read its memory policies first
+                if not view.mempolicy_known and (view.pid, view.start_time) in voted:
+                    self.mm.want_policies(ProcessKey(view.pid, view.start_time))
             self.policy_state = plan.state
             lines = self.apply(plan)
             self.policy_state = self._deferred_stay_agreed(plan, lines)
+        cpu.mark("act")
         self.mm.end_pass()
         self.tasks.end_pass()
         self.counters["passes"] += 1
+        self._publish(snapshot)
+        cpu.mark("publish")
         self.last_pass = PassReport(time.time(), time.monotonic() - started, len(plan.actions), len(observed),
                                     len(found.new), lines, self.sampler.windows_open(),
-                                    self.sampler.window_left() or 0.0, first_votes)
-        self._publish(snapshot)
+                                    self.sampler.window_left() or 0.0, first_votes, cpu.parts)
+        self._pass_cpu_end = time.process_time()
         return self.last_pass
 
     def _deferred_stay_agreed(self, plan: Plan, lines: list[str]) -> PolicyState:
@@ -846,7 +886,8 @@ class Daemon:
                 "kernel_perf_event_paranoid": {"current": read_perf_event_paranoid(self.files),
                                                "original": self.state.perf_event_paranoid_original},
                 "last_pass": {"at": self.last_pass.at, "duration_s": round(self.last_pass.duration_s, 3),
-                              "actions": self.last_pass.actions, "processes": self.last_pass.processes},
+                              "actions": self.last_pass.actions, "processes": self.last_pass.processes,
+                              "cpu_s": round(sum(v for k, v in self.last_pass.cpu_s.items() if k != "pause"), 3)},
             }
 
     def handle_stats(self, args: dict) -> dict:

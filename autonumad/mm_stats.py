@@ -25,10 +25,15 @@ same `MmSnapshot`:
   A process's scan is cut into chunks at stride-window boundaries as the
   `ScanBudget` grants pages.
 - exact (`/proc/PID/numa_maps`): every resident page, per mapping, with each
-  mapping's memory policy. It is read when a process is first seen and every
-  EXACT_EVERY_PASSES passes after (policies change rarely, and a walk costs about a
-  third of a sample per resident page, charged to the budget as such), and by
-  `autonumactl show`. numa_maps counts hugetlb mappings in huge pages
+  mapping's memory policy. The kernel walks every resident page to write it (about
+  6 us a page under TCG: over a second for 800 MB), so it is read only when a
+  process's memory policies matter, that is before any of its pages is migrated:
+  the pass after the policy first votes to move some of its pages (`want_policies`;
+  until then the snapshot says `policies_read` False and the policy migrates
+  nothing of it), then every EXACT_EVERY_PASSES passes (policies change rarely;
+  a walk costs about a third of a sample per resident page, charged to the budget
+  as such); and by `autonumactl show`. A process whose threads simply move to its
+  memory never pays for one. numa_maps counts hugetlb mappings in huge pages
   (kernelpagesize_kB=2048) and anonymous THP in 4 KiB pages; both are converted
   to base pages here (see autonumad.kernel.procfs).
 
@@ -107,6 +112,8 @@ class MmSnapshot:
     errors: int = 0
     off_node_addrs: tuple[int, ...] = ()     # sampled pages off `local_node` (sampled scans)
     off_node_nodes: tuple[int, ...] = ()
+    policies_read: bool = True
+    """numa_maps was read for this process (False: every mapping's policy is unknown)."""
     node_pages: dict[int, float] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -251,7 +258,7 @@ def sampled_snapshot(key: ProcessKey, mappings: Sequence[MapsEntry], stride: int
                      budget: ScanBudget, rng: random.Random, taken_at: float,
                      known: dict[int, tuple[str, MemPolicy]] | None = None,
                      local_node: int = -1, max_off_node: int = 0,
-                     carried: Mapping[int, VmaStats] | None = None) -> MmSnapshot:
+                     carried: Mapping[int, VmaStats] | None = None, policies_read: bool = True) -> MmSnapshot:
     """Sample `mappings` of process `key.pid` at `stride`, in chunks the budget grants.
 
     `known`: mapping start -> (kind, policy) from the last numa_maps read.
@@ -293,7 +300,7 @@ def sampled_snapshot(key: ProcessKey, mappings: Sequence[MapsEntry], stride: int
             vma = VmaStats(m.start, m.end, kind, m.path, policy, dict(sorted(node_pages.items())))
         vmas.append(vma)
     return MmSnapshot(key, False, tuple(vmas), taken_at, stride, samples, absent, errors,
-                      tuple(off_addrs), tuple(off_nodes))
+                      tuple(off_addrs), tuple(off_nodes), policies_read)
 
 
 def _carried(vmas: Sequence[VmaStats], mappings: Sequence[MapsEntry]
@@ -323,9 +330,11 @@ class MmCounters:
 
 @dataclass
 class _ProcessState:
-    snapshot: MmSnapshot
+    snapshot: MmSnapshot | None
     known: dict[int, tuple[str, MemPolicy]]
     passes_since_exact: int = 0
+    policies_read: bool = True
+    want_exact: bool = False
     maps_text: str = ""
     """/proc/PID/maps as last read, and its parsed sampled_mappings: most passes find it
     unchanged, and parsing a few hundred lines is a good part of a pass under TCG."""
@@ -368,6 +377,12 @@ class MmStatsTable:
         state = self._state.get(key)
         return state.snapshot if state else None
 
+    def want_policies(self, key: ProcessKey) -> None:
+        """Read numa_maps at the next observe of `key`, if it never was (its pages may move)."""
+        state = self._state.get(key)
+        if state is not None and not state.policies_read:
+            state.want_exact = True
+
     def forget(self, keys: Iterable[ProcessKey]) -> None:
         for key in keys:
             self._state.pop(key, None)
@@ -378,15 +393,17 @@ class MmStatsTable:
 
     def observe(self, process: ProcessInfo, budget: ScanBudget, local_node: int = -1,
                 max_off_node: int = 0) -> MmSnapshot | None:
-        """Scan one process (numa_maps on first sight and every EXACT_EVERY_PASSES passes,
-        sampled otherwise), replace its snapshot and return it; None if it went away or
-        refused access (a debug line, nothing else)."""
+        """Scan one process (numa_maps when its policies are wanted and every
+        EXACT_EVERY_PASSES passes after, sampled otherwise), replace its snapshot and return
+        it; None if it went away or refused access (a debug line, nothing else)."""
         key = process.key
         state = self._state.get(key)
         cpu_before = self.cpu_clock()
         try:
             text = procfs.read_maps_text(self.files, key.pid)
-            if state is None or state.passes_since_exact >= EXACT_EVERY_PASSES:
+            if state is None:
+                state = _ProcessState(None, {}, policies_read=False)
+            if state.want_exact or state.policies_read and state.passes_since_exact >= EXACT_EVERY_PASSES:
                 maps = procfs.parse_maps(text)
                 budget.charge(process.rss_pages // NUMA_MAPS_PAGES_PER_SAMPLE)
                 entries = procfs.read_numa_maps(self.files, key.pid)
@@ -400,12 +417,13 @@ class MmStatsTable:
                     state.carried = None
                 mappings = state.mappings
                 if state.carried is None:
-                    state.carried = _carried(state.snapshot.vmas, mappings)
+                    state.carried = _carried(state.snapshot.vmas if state.snapshot else (), mappings)
                 carried, moving, kept_pages = state.carried
                 stride = choose_stride(max(1, process.rss_pages - int(kept_pages)), sum(m.pages for m in moving),
                                        self.pages_to_scan, self.sample_stride_pages, self.n_nodes)
                 state.snapshot = sampled_snapshot(key, mappings, stride, self.scan_ranges, budget, self.rng,
-                                                  self.clock(), state.known, local_node, max_off_node, carried)
+                                                  self.clock(), state.known, local_node, max_off_node, carried,
+                                                  state.policies_read)
         except ProcessGone:
             log.debug("pid %d (%s) went away during its scan", key.pid, process.comm)
             self.counters.gone_mid_scan += 1

@@ -194,6 +194,9 @@ class ProcessView:
     page_groups: tuple[PageGroup, ...] = ()
     own_mempolicy: bool = False
     """It set a bind/interleave/preferred policy itself: its memory is never migrated."""
+    mempolicy_known: bool = True
+    """Its memory policies were read. Until they are, its page groups vote, and votes that
+    agree stand, but none of them moves (the daemon reads the policies for the next pass)."""
     user_pinned: bool = False
     """Someone else pinned the whole process: none of its threads is moved."""
     touch_locality: float | None = None
@@ -698,6 +701,7 @@ def _plan_migrations(snapshot: Snapshot, state: PolicyState, config: PolicyConfi
     targets: dict[GroupKey, int] = {}
     windows: dict[GroupKey, int] = {}
     wishes: list[_Wish] = []
+    agreed: dict[GroupKey, int] = {}
     for process in sorted(snapshot.processes, key=_process_key):
         if process.own_mempolicy or _process_key(process) in moving:
             continue
@@ -735,13 +739,15 @@ def _plan_migrations(snapshot: Snapshot, state: PolicyState, config: PolicyConfi
             if state.group_target.get(key) == target and (state.group_agreed.get(key) == target or (
                     before is not None and (before == source == SCAN_VOTE
                                             or SCAN_VOTE not in (before, source) and before != source))):
-                wishes.append(_Wish(gain, key, process, group, target, why))
+                if process.mempolicy_known:
+                    wishes.append(_Wish(gain, key, process, group, target, why))
+                else:
+                    agreed[key] = target   # stands until its policies are known
 
     actions: list[MigratePages] = []
     queued: dict[GroupKey, float] = {}
     incoming_mb: Counter[int] = Counter()
     budget = config.pages_to_migrate
-    agreed: dict[GroupKey, int] = {}
     for wish in sorted(wishes, key=lambda w: (-w.gain, w.key)):
         group = wish.group
         if group.pages > budget and budget < config.pages_to_migrate:

@@ -134,6 +134,7 @@ class SnapshotBuilder:
                 pid=key.pid, start_time=key.start_time, comm=info.comm,
                 node_pages={n: int(p) for n, p in sorted(mm.node_pages.items()) if p >= 1},
                 tasks=tuple(tasks), page_groups=tuple(page_groups), own_mempolicy=own_policy,
+                mempolicy_known=mm.policies_read or not respect_mempolicy,
                 user_pinned=bool(tasks) and all(t.user_pinned for t in tasks),
                 touch_locality=locality))
         self._last_run = last_run

@@ -291,21 +291,38 @@ def bound_placement(files):
     return placement
 
 
-def test_first_sight_is_exact_then_sampled_with_policies_kept():
+def read_policies(table, info, b=None):
+    """A first sight (sampled), then the numa_maps read the daemon asks for before pages move."""
+    table.observe(info, b or budget())
+    table.want_policies(info.key)
+    table.end_pass()
+    return table.observe(info, b or budget())
+
+
+def test_first_sight_is_sampled_numa_maps_is_read_when_policies_are_wanted_and_kept():
     files = KernelFiles(VM_TREE)
     memory = FakeMemory(bound_placement(files))
     table = MmStatsTable(files, scan_ranges=memory.scan_ranges, seed=1)
     b = budget()
     first = table.observe(process(9768), b)
-    assert first.exact and memory.calls == []
-    assert b.counters.pages_scanned == 9768 // mm_stats.NUMA_MAPS_PAGES_PER_SAMPLE
+    assert not first.exact and not first.policies_read and memory.calls
+    assert all(v.policy is None for v in first.vmas)
     table.end_pass()
+    assert not table.observe(process(9768), b).policies_read   # nobody asked: still sampled
+    memory.calls.clear()
+    table.want_policies(KEY)
+    scanned = b.counters.pages_scanned
+    exact = table.observe(process(9768), b)
+    assert exact.exact and exact.policies_read and memory.calls == []
+    assert b.counters.pages_scanned - scanned == 9768 // mm_stats.NUMA_MAPS_PAGES_PER_SAMPLE
+    table.end_pass()
+    table.want_policies(KEY)                 # read already: not again
     second = table.observe(process(9768), b)
-    assert not second.exact and memory.calls
+    assert not second.exact and second.policies_read and memory.calls
     assert table.get(KEY) is second
     bind1 = next(v for v in second.vmas if v.policy == MemPolicy("bind", (1,)))
     assert bind1.node_pages == {1: pytest.approx(1024, rel=0.01)}
-    assert table.counters.exact_reads == 1 and table.counters.processes_scanned == 2
+    assert table.counters.exact_reads == 1 and table.counters.processes_scanned == 4
 
 
 def test_maps_are_parsed_again_only_when_they_change(monkeypatch, tmp_path):
@@ -320,7 +337,7 @@ def test_maps_are_parsed_again_only_when_they_change(monkeypatch, tmp_path):
     for _ in range(3):
         table.observe(process(9768), budget())
         table.end_pass()
-    assert len(parsed) == 1                     # the exact read's; the two sampled passes reuse it
+    assert len(parsed) == 1                     # the first pass's; the next two reuse it
     maps = root / "proc" / str(MIXED) / "maps"
     lines = maps.read_text().splitlines(keepends=True)
     maps.write_text("".join(lines[:-1]))        # a mapping went away
@@ -332,8 +349,9 @@ def test_sampled_passes_keep_read_only_file_mappings_from_numa_maps_and_sample_t
     files = KernelFiles(VM_TREE)
     memory = FakeMemory(lambda addr: 0)
     table = MmStatsTable(files, scan_ranges=memory.scan_ranges)
-    exact = table.observe(process(9768), budget())
+    exact = read_policies(table, process(9768))
     table.end_pass()
+    memory.calls.clear()
     sampled = table.observe(process(9768), budget())
     perms = {m.start: m.perms for m in procfs.read_maps(files, MIXED)}
     read_only = [v for v in exact.vmas if not mm_stats.movable_mapping(v.path)
@@ -351,8 +369,9 @@ def test_numa_maps_is_read_again_every_so_many_passes():
     files = KernelFiles(VM_TREE)
     memory = FakeMemory(lambda addr: 0)
     table = MmStatsTable(files, scan_ranges=memory.scan_ranges)
-    exact = []
-    for _ in range(mm_stats.EXACT_EVERY_PASSES + 2):
+    exact = [read_policies(table, process(9768)).exact]
+    table.end_pass()
+    for _ in range(mm_stats.EXACT_EVERY_PASSES + 1):
         exact.append(table.observe(process(9768), budget()).exact)
         table.end_pass()
     assert exact[0] and exact[mm_stats.EXACT_EVERY_PASSES]
@@ -365,8 +384,9 @@ def test_process_exiting_mid_scan_is_a_debug_line_only(caplog):
     def gone(*args, **kwargs):
         raise ProcessGone(errno.ESRCH, "No such process")
 
-    table = MmStatsTable(files, scan_ranges=gone)
+    table = MmStatsTable(files, scan_ranges=FakeMemory(lambda a: 0).scan_ranges)
     table.observe(process(9768), budget())
+    table.scan_ranges = gone
     with caplog.at_level(logging.DEBUG, logger="autonumad.mm_stats"):
         assert table.observe(process(9768), budget()) is None
     assert [r.levelno for r in caplog.records] == [logging.DEBUG]
@@ -386,16 +406,17 @@ def test_access_denied_keeps_the_previous_snapshot():
     def denied(*args, **kwargs):
         raise AccessDenied(errno.EPERM, "Operation not permitted")
 
-    table = MmStatsTable(files, scan_ranges=denied)
+    table = MmStatsTable(files, scan_ranges=FakeMemory(lambda a: 0).scan_ranges)
     first = table.observe(process(9768), budget())
     table.end_pass()
+    table.scan_ranges = denied
     assert table.observe(process(9768), budget()) is None
     assert table.get(KEY) is first and table.counters.access_denied == 1
 
 
 def test_forget_drops_a_process():
     table = MmStatsTable(KernelFiles(VM_TREE), scan_ranges=FakeMemory(lambda a: 0).scan_ranges)
-    table.observe(process(9768), budget())
+    assert read_policies(table, process(9768)).exact
     table.forget([KEY])
     assert table.get(KEY) is None
-    assert table.observe(process(9768), budget()).exact   # seen afresh
+    assert not table.observe(process(9768), budget()).policies_read   # seen afresh

@@ -474,6 +474,18 @@ def test_a_process_with_its_own_memory_policy_keeps_its_memory():
     assert first.actions == second.actions == ()
 
 
+def test_pages_of_a_process_whose_policies_are_not_read_yet_wait_with_their_votes_standing():
+    unread = process(811, [thread(811, 1, user_pinned=True)], {0: 1000}, [PageGroup(1, 0, 1000)],
+                     mempolicy_known=False)
+    first, second = two_passes(machine(), unread)
+    assert first.actions == second.actions == ()
+    assert first.state.group_target == {(811, 5811, 1): 1} and second.state.group_agreed == {(811, 5811, 1): 1}
+    third = plan(machine(), replace(unread, mempolicy_known=True), state=second.state, time=NOW + 2)
+    assert [(m.group_id, m.to_node) for m in migrations(third)] == [(1, 1)]   # read now: no new vote needed
+    bound = plan(machine(), replace(unread, own_mempolicy=True), state=second.state, time=NOW + 2)
+    assert bound.actions == ()
+
+
 def test_pages_of_a_process_about_to_move_stay_put():
     p = process(811, [thread(811, 0)], {1: 1000}, [PageGroup(1, 1, 1000)])
     state = PolicyState(group_target={(811, 5811, 1): 0})
