@@ -194,6 +194,11 @@ class ProcessView:
     page_groups: tuple[PageGroup, ...] = ()
     own_mempolicy: bool = False
     """It set a bind/interleave/preferred policy itself: its memory is never migrated."""
+    growing: bool = False
+    """Its resident memory grew markedly since the last pass: it is still being first-touched
+    (a job setting up, maybe by short-lived threads under policies of their own that its
+    numa_maps does not show), so where it lands is the process's doing. Its pages get no
+    votes (and lose those cast) until it holds steady; its threads may still move."""
     mempolicy_known: bool = True
     """Its memory policies were read. Until they are, its page groups vote, and votes that
     agree stand, but none of them moves (the daemon reads the policies for the next pass)."""
@@ -703,7 +708,7 @@ def _plan_migrations(snapshot: Snapshot, state: PolicyState, config: PolicyConfi
     wishes: list[_Wish] = []
     agreed: dict[GroupKey, int] = {}
     for process in sorted(snapshot.processes, key=_process_key):
-        if process.own_mempolicy or _process_key(process) in moving:
+        if process.own_mempolicy or process.growing or _process_key(process) in moving:
             continue
         runs_on = {t.cpu_node for t in process.tasks if t.runnable_weight >= config.runnable_threshold
                    and t.cpu_node in nodes}

@@ -64,9 +64,17 @@ def group_id(start: int, node: int) -> int:
     return ((start >> 12) << NODE_BITS) | node
 
 
+GROWING_SHARE = 0.02
+GROWING_MIN_KB = 4096
+"""A process whose resident memory grew by more than this share (and this much) since the
+last pass is still placing its memory by first touch (ProcessView.growing)."""
+
+
 class SnapshotBuilder:
     def __init__(self) -> None:
         self._last_run: dict[tuple[ProcessKey, int], tuple[int, float]] = {}
+        self._rss_kb: dict[ProcessKey, int] = {}
+        """Per process, its resident memory at the last build (growing: see ProcessView)."""
         self._from_regions: dict[ProcessKey, tuple[Any, Any]] = {}
         """Per process, (inputs, outputs) of the last region_groups and touch_locality: the
         regions change only when a window is read or the daemon moves pages (their version),
@@ -85,8 +93,12 @@ class SnapshotBuilder:
         views: list[ProcessView] = []
         groups: dict[tuple[int, int], dict[int, GroupRange]] = {}
         last_run: dict[tuple[ProcessKey, int], tuple[int, float]] = {}
+        rss_kb: dict[ProcessKey, int] = {}
         for info, mm, threads in processes:
             key = info.key
+            rss_kb[key] = info.rss_kb
+            before = self._rss_kb.get(key)
+            growing = before is not None and info.rss_kb - before > max(GROWING_MIN_KB, GROWING_SHARE * before)
             tasks = []
             for t in threads:
                 if t.current_node is None:
@@ -134,10 +146,11 @@ class SnapshotBuilder:
                 pid=key.pid, start_time=key.start_time, comm=info.comm,
                 node_pages={n: int(p) for n, p in sorted(mm.node_pages.items()) if p >= 1},
                 tasks=tuple(tasks), page_groups=tuple(page_groups), own_mempolicy=own_policy,
-                mempolicy_known=mm.policies_read or not respect_mempolicy,
+                mempolicy_known=mm.policies_read or not respect_mempolicy, growing=growing,
                 user_pinned=bool(tasks) and all(t.user_pinned for t in tasks),
                 touch_locality=locality))
         self._last_run = last_run
+        self._rss_kb = rss_kb
         seen = {info.key for info, _, _ in processes}
         self._from_regions = {k: v for k, v in self._from_regions.items() if k in seen}
         shown: dict[int, float] = {}

@@ -486,6 +486,18 @@ def test_pages_of_a_process_whose_policies_are_not_read_yet_wait_with_their_vote
     assert bound.actions == ()
 
 
+def test_a_growing_process_gets_no_page_votes_and_loses_those_cast():
+    p = process(811, [thread(811, 1, user_pinned=True)], {0: 1000}, [PageGroup(1, 0, 1000)])
+    first = plan(machine(), p)
+    assert first.state.group_target == {(811, 5811, 1): 1}
+    grown = plan(machine(), replace(p, growing=True), state=first.state, time=NOW + 1)
+    assert grown.actions == () and grown.state.group_target == {}
+    steady = plan(machine(), p, state=grown.state, time=NOW + 2)
+    assert steady.actions == ()                                    # a first vote again
+    assert [(m.group_id, m.to_node) for m in migrations(plan(machine(), p, state=steady.state, time=NOW + 3))] \
+        == [(1, 1)]
+
+
 def test_pages_of_a_process_about_to_move_stay_put():
     p = process(811, [thread(811, 0)], {1: 1000}, [PageGroup(1, 1, 1000)])
     state = PolicyState(group_target={(811, 5811, 1): 0})

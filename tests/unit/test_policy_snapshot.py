@@ -19,8 +19,8 @@ HEAP = 0x10000000
 LIB = 0x7f0000000000
 
 
-def info():
-    return ProcessInfo(key=KEY, comm="app", exe_name="app", uid=0, user="root", rss_kb=100 << 10,
+def info(rss_kb=100 << 10):
+    return ProcessInfo(key=KEY, comm="app", exe_name="app", uid=0, user="root", rss_kb=rss_kb,
                        num_threads=2, cpu_ticks=0, cpu_percent=100.0, cgroup="/")
 
 
@@ -36,7 +36,8 @@ def thread(tid, node, run_ns=0, start_ticks=0):
 
 
 def build(builder, now, threads, affinity=lambda tid: ALL, owned=lambda key, tid: None, topology=TOPO, **kw):
-    return builder.build(now, 100.0, topology, [(info(), mm(kw.pop("policy", MemPolicy("default"))), threads)],
+    process = info(kw.pop("rss_kb", 100 << 10))
+    return builder.build(now, 100.0, topology, [(process, mm(kw.pop("policy", MemPolicy("default"))), threads)],
                          affinity, owned, True, True, **kw)
 
 
@@ -61,6 +62,13 @@ def test_busy_cpus_not_explained_by_managed_threads_are_counted_per_node():
     assert {n.id: n.other_busy_cpus for n in snap.nodes} == {0: 1, 1: 0}
     snap, _ = build(b, 14.0, [thread(101, 0, run_ns=3 * 10**9)])
     assert {n.id: n.other_busy_cpus for n in snap.nodes} == {0: 0, 1: 0}
+
+
+def test_a_process_whose_memory_grew_since_the_last_pass_is_growing():
+    b = SnapshotBuilder()
+    grown = [build(b, float(i), [thread(101, 0)], rss_kb=kb)[0].processes[0].growing
+             for i, kb in enumerate((100 << 10, 110 << 10, 111 << 10, 111 << 10))]
+    assert grown == [False, True, False, False]   # first sight: nothing to compare; +1%: steady
 
 
 def test_a_narrowed_affinity_is_a_user_pin_unless_the_daemon_set_it():
