@@ -219,6 +219,7 @@ class Daemon:
         self.counters: Counter = Counter()
         self.last_pass = PassReport()
         self._pass_cpu_end: float | None = None  # process CPU time when the last pass ended
+        self._growing: dict[int, int] = {}  # PID -> RSS (KiB) of the processes growing at the last pass
         self._quiet_passes = 0  # passes in a row that did nothing and left nothing awaited
         self._settled_passes = 0  # of them, in a row with every process placed
         self.published: dict[str, Any] = {"managed_processes": [], "managed_threads": {}}
@@ -354,7 +355,8 @@ class Daemon:
                               self.counters["passes"], self.last_pass.duration_s, self.last_pass.cpu_summary(),
                               self.last_pass.processes, self.last_pass.actions,
                               self.budget.scan_sleep_pass_millisecs / 1000)
-                    self.new_processes.reset(self.discovery.seen_pids | self.discovery.kernel_thread_pids)
+                    self.new_processes.reset(self.discovery.seen_pids | self.discovery.kernel_thread_pids,
+                                             self._growing)
                     self.new_processes.min_rss_kb = self._wake_rss_kb()
                     self._between_passes = True
                     self.budget.end_pass()
@@ -492,6 +494,12 @@ class Daemon:
                 raise _Interrupted()
             if now >= next_watch:
                 next_watch = now + WATCH_TICK_S
+                pid = self.new_processes.settled()
+                if pid is not None:
+                    log.debug("pid %d stopped growing: next pass now", pid)
+                    self.counters["early_passes"] += 1
+                    self.budget.cut_pause_short(deadline - time.monotonic())
+                    raise _Interrupted()
                 pid = self.new_processes.check()
                 if pid is not None:
                     log.debug("pid %d is new and big enough to balance: next pass now", pid)
@@ -552,6 +560,8 @@ class Daemon:
         self.tasks.end_pass()
         self.counters["passes"] += 1
         self._publish(snapshot)
+        rss_kb = {info.pid: info.rss_kb for info, _, _ in observed}
+        self._growing = {view.pid: rss_kb[view.pid] for view in snapshot.processes if view.growing}
         cpu.mark("publish")
         self.last_pass = PassReport(time.time(), time.monotonic() - started, len(plan.actions), len(observed),
                                     len(found.new), lines, self.sampler.windows_open(),

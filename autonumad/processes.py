@@ -30,7 +30,7 @@ import os
 import pwd
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -343,12 +343,31 @@ class NewProcessWatch:
         self._known: set[int] = set()
         self._ignored: set[int] = set()
         self._rss_kb: dict[int, int] = {}  # new PIDs' RSS at the previous call
+        self._growing: dict[int, int] = {}  # PIDs growing at the last pass: RSS at the previous look
 
-    def reset(self, known_pids: set[int]) -> None:
-        """After a pass: the PIDs it saw."""
+    def reset(self, known_pids: set[int], growing: Mapping[int, int] | None = None) -> None:
+        """After a pass: the PIDs it saw, and those of them still growing (PID -> RSS in KiB
+        at the pass), whose memory gets no votes until it holds steady (`settled`)."""
         self._known = set(known_pids)
         self._ignored.clear()
         self._rss_kb.clear()
+        self._growing = dict(growing or {})
+
+    def settled(self) -> int | None:
+        """A PID of those growing at the last pass whose RSS has held steady (changed by at
+        most RSS_SETTLED) since the previous look, or None: a job done setting up is looked
+        at now, not a whole pause later."""
+        for pid, before in list(self._growing.items()):
+            try:
+                rss_kb = procfs.read_stat(self.files, pid).rss_pages * PAGE_KB
+            except (ProcessGone, AccessDenied, ValueError):
+                del self._growing[pid]
+                continue
+            if abs(rss_kb - before) <= rss_kb * RSS_SETTLED:
+                del self._growing[pid]
+                return pid
+            self._growing[pid] = rss_kb
+        return None
 
     def check(self) -> int | None:
         """A new PID big enough to balance now, or None."""

@@ -284,6 +284,20 @@ def test_new_process_watch_answers_a_new_pid_once_its_rss_reaches_the_threshold(
     assert new in discovery.seen_pids and watch.check() is None
 
 
+def test_new_process_watch_answers_a_growing_pid_once_its_rss_holds_steady(tree):
+    files = KernelFiles(str(tree))
+    watch = NewProcessWatch(files, min_rss_kb=64 * 1024, own_pid=NOT_US)
+    set_stat_fields(tree, MIXED, f24=64 * 256)          # 64 MB at the pass that saw it grow
+    watch.reset({MIXED}, {MIXED: 32 * 1024})
+    assert watch.settled() is None                       # 32 -> 64 MB: still growing
+    set_stat_fields(tree, MIXED, f24=80 * 256)
+    assert watch.settled() is None
+    assert watch.settled() == MIXED                      # 80 MB again: set up
+    assert watch.settled() is None                       # answered once
+    watch.reset({MIXED}, {4242: 1024})                   # gone: dropped, no error
+    assert watch.settled() is None and watch.settled() is None
+
+
 def test_new_process_watch_does_not_read_kernel_threads_twice_and_bounds_its_reads(tree, monkeypatch):
     files = KernelFiles(str(tree))
     watch = NewProcessWatch(files, min_rss_kb=1 << 40, own_pid=NOT_US, max_reads=2)
