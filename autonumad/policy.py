@@ -69,7 +69,8 @@ Only for processes that did not set their own memory policy, and none of whose
 threads are about to move this pass (moving the thread is cheaper than moving its
 pages, so that is tried first). Pinned processes' memory follows their threads.
 - A process whose runnable threads all run on node A wants every page group on
-  another node moved to A, unless REMNANT_LOCALITY of its memory is there already.
+  another node moved to A, unless REMNANT_LOCALITY of its movable memory (its page
+  groups) is there already.
 - A process whose threads run on several nodes wants each group moved to the node
   whose threads touched it most (per-thread fault samples, mapped through each
   thread's current node, each thread's touches counted as their share of all its
@@ -722,7 +723,7 @@ def _plan_migrations(snapshot: Snapshot, state: PolicyState, config: PolicyConfi
         for g in process.page_groups:
             thread_touches.update({tid: c for tid, c in g.touches.items() if c > 0})
         shared = len(runs_on) > 1 and _shared_share(process, thread_node) >= SHARED_MEMORY_SHARE
-        if len(runs_on) == 1 and _shares(process.node_pages).get(next(iter(runs_on)), 0.0) >= REMNANT_LOCALITY:
+        if len(runs_on) == 1 and _movable_share(process, next(iter(runs_on))) >= REMNANT_LOCALITY:
             continue  # what is left elsewhere is mostly what cannot move, or sampling noise
         for group in sorted(process.page_groups, key=lambda g: g.id):
             if shared and group.node in runs_on:
@@ -829,6 +830,17 @@ SAMPLE_NOISE_SIGMAS = 2.0
 this many standard deviations of the sampling noise (a lead of 1/sqrt(samples) is one for a
 group written from two nodes alike): otherwise two nodes that write a group equally would
 pass it back and forth. A group written from one node only (a numa02 slice) needs no more."""
+
+
+def _movable_share(process: ProcessView, node: int) -> float:
+    """Share of the process's movable memory (its page groups) on `node`; of all its memory
+    when it has no groups. Libraries and other file pages it shares with every process, on
+    whichever node first read them, would otherwise keep a small process's share below
+    REMNANT_LOCALITY for good, its sampled strays voted on and moved pass after pass."""
+    total = sum(g.pages for g in process.page_groups)
+    if not total:
+        return _shares(process.node_pages).get(node, 0.0)
+    return sum(g.pages for g in process.page_groups if g.node == node) / total
 
 
 REMNANT_LOCALITY = 0.98

@@ -424,6 +424,13 @@ def test_pages_of_a_process_whose_threads_run_on_several_nodes_follow_the_touchi
     assert [(m.group_id, m.to_node) for m in second.actions] == [(1, 0), (2, 1)]
 
 
+def test_file_pages_on_another_node_do_not_keep_a_local_process_voting_on_its_strays():
+    libs_elsewhere = process(811, [thread(811, 0, user_pinned=True)], {0: 900, 1: 100},
+                             [PageGroup(1, 0, 900), PageGroup(2, 1, 10)])   # 90% local, 98.9% of what moves
+    first, second = two_passes(machine(), libs_elsewhere)
+    assert first.state.group_target == {} and second.actions == ()
+
+
 def test_a_process_local_enough_has_its_last_stray_pages_left_alone():
     def with_stray(stray):
         return process(811, [thread(811, 0, user_pinned=True)], {0: 1000 - stray, 1: stray},
