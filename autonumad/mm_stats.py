@@ -48,6 +48,7 @@ mappings created since the last read have an unknown (None) policy.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import random
@@ -114,10 +115,14 @@ class MmSnapshot:
     off_node_nodes: tuple[int, ...] = ()
     policies_read: bool = True
     """numa_maps was read for this process (False: every mapping's policy is unknown)."""
-    node_pages: dict[int, float] = field(init=False)
+    chosen_policies: bool = True
+    """False: no mapping's known policy is one the process chose (self_placed_share is 0)."""
+    node_pages: dict[int, float] = field(default=None)  # type: ignore[assignment]
+    """The sum over the mappings, computed when not given."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "node_pages", _sum_nodes(v.node_pages for v in self.vmas))
+        if self.node_pages is None:
+            object.__setattr__(self, "node_pages", _sum_nodes(v.node_pages for v in self.vmas))
 
     @property
     def total_pages(self) -> float:
@@ -143,6 +148,8 @@ class MmSnapshot:
     def self_placed_share(self) -> float:
         """Fraction of the memory (in mappings whose policy is known) under a policy the
         process chose itself (bind, interleave, prefer): such memory stays where it is."""
+        if not self.chosen_policies:
+            return 0.0
         known = chosen = 0.0
         for vma in self.vmas:
             if vma.policy is None:
@@ -162,6 +169,7 @@ def _sum_nodes(dicts: Iterable[dict[int, float]]) -> dict[int, float]:
     return dict(sorted(total.items()))
 
 
+@functools.lru_cache(maxsize=4096)
 def movable_mapping(path: str) -> bool:
     """Private anonymous memory (heap, stack, anonymous, hugetlb): what migration may move."""
     return path in ("", "[heap]", "[stack]", "[anon]") or path.startswith("[anon:") \
@@ -258,7 +266,8 @@ def sampled_snapshot(key: ProcessKey, mappings: Sequence[MapsEntry], stride: int
                      budget: ScanBudget, rng: random.Random, taken_at: float,
                      known: dict[int, tuple[str, MemPolicy]] | None = None,
                      local_node: int = -1, max_off_node: int = 0,
-                     carried: Mapping[int, VmaStats] | None = None, policies_read: bool = True) -> MmSnapshot:
+                     carried: Mapping[int, VmaStats] | None = None, policies_read: bool = True,
+                     chosen_policies: bool = True) -> MmSnapshot:
     """Sample `mappings` of process `key.pid` at `stride`, in chunks the budget grants.
 
     `known`: mapping start -> (kind, policy) from the last numa_maps read.
@@ -294,13 +303,17 @@ def sampled_snapshot(key: ProcessKey, mappings: Sequence[MapsEntry], stride: int
         off_addrs = [off_addrs[i] for i in picked]
         off_nodes = [off_nodes[i] for i in picked]
     vmas = []
+    totals: dict[int, float] = {}
     for m, node_pages, vma in zip(mappings, per_vma, kept):
         if vma is None:
             kind, policy = known.get(m.start, (mapping_kind(m), None))
             vma = VmaStats(m.start, m.end, kind, m.path, policy, dict(sorted(node_pages.items())))
         vmas.append(vma)
+        for node, pages in vma.node_pages.items():
+            totals[node] = totals.get(node, 0.0) + pages
     return MmSnapshot(key, False, tuple(vmas), taken_at, stride, samples, absent, errors,
-                      tuple(off_addrs), tuple(off_nodes), policies_read)
+                      tuple(off_addrs), tuple(off_nodes), policies_read, chosen_policies,
+                      dict(sorted(totals.items())))
 
 
 def _carried(vmas: Sequence[VmaStats], mappings: Sequence[MapsEntry]
@@ -335,6 +348,8 @@ class _ProcessState:
     passes_since_exact: int = 0
     policies_read: bool = True
     want_exact: bool = False
+    chosen_policies: bool = False
+    """Some known mapping policy is one the process chose (MmSnapshot.chosen_policies)."""
     maps_text: str = ""
     """/proc/PID/maps as last read, and its parsed sampled_mappings: most passes find it
     unchanged, and parsing a few hundred lines is a good part of a pass under TCG."""
@@ -409,7 +424,8 @@ class MmStatsTable:
                 entries = procfs.read_numa_maps(self.files, key.pid)
                 snapshot = exact_snapshot(key, entries, maps, self.clock())
                 known = {v.start: (v.kind, v.policy) for v in snapshot.vmas if v.policy is not None}
-                state = _ProcessState(snapshot, known, maps_text=text, mappings=sampled_mappings(maps))
+                state = _ProcessState(snapshot, known, maps_text=text, mappings=sampled_mappings(maps),
+                                      chosen_policies=any(p.chosen_by_process for _, p in known.values()))
                 self.counters.exact_reads += 1
             else:
                 if text != state.maps_text:
@@ -423,7 +439,7 @@ class MmStatsTable:
                                        self.pages_to_scan, self.sample_stride_pages, self.n_nodes)
                 state.snapshot = sampled_snapshot(key, mappings, stride, self.scan_ranges, budget, self.rng,
                                                   self.clock(), state.known, local_node, max_off_node, carried,
-                                                  state.policies_read)
+                                                  state.policies_read, state.chosen_policies)
         except ProcessGone:
             log.debug("pid %d (%s) went away during its scan", key.pid, process.comm)
             self.counters.gone_mid_scan += 1

@@ -198,10 +198,11 @@ class ProcessDiscovery:
         self._history: dict[ProcessKey, _History] = {}
         self._admitted: set[ProcessKey] = set()
         self._users: dict[int, str] = {}
-        self._names: dict[ProcessKey, tuple[str, str, str, float]] = {}
-        """Per busy process: (comm, executable name, cgroup, when read). The executable name
-        (from cmdline, when comm is cut short) is read again when comm changes (an exec),
-        the cgroup every NAMES_RECHECK_S: two reads fewer per busy process and pass."""
+        self._names: dict[ProcessKey, tuple[str, str, str, float, int, int]] = {}
+        """Per busy process: (comm, executable name, cgroup, when read, uid, hugetlb KiB). The
+        executable name (from cmdline, when comm is cut short) is read again when comm changes
+        (an exec), the cgroup, uid and hugetlb memory (from status) every NAMES_RECHECK_S; the
+        RSS in between comes from stat: three reads fewer per busy process and pass."""
         self.kernel_thread_pids: frozenset[int] = frozenset()
         """PIDs found to be kernel threads: not read again until they leave /proc, or
         KTHREAD_RECHECK_S passes (a PID freed and reused between two passes)."""
@@ -284,22 +285,26 @@ class ProcessDiscovery:
         floor = self.filter.min_cpu_percent * (HYSTERESIS if key in self._admitted else 1.0)
         if cpu_percent < floor:
             return _Idle(key, stat.comm, stat.cpu_ticks, f"CPU {cpu_percent:.1f}% below {floor:g}%")
-        status = procfs.read_status(self.files, pid)
         names = self._names.get(key)
         if names is None or names[0] != stat.comm or now - names[3] >= NAMES_RECHECK_S:
+            status = procfs.read_status(self.files, pid)
             exe_name = stat.comm
             if len(stat.comm) >= COMM_LEN:
                 argv = procfs.read_cmdline(self.files, pid)
                 if argv:
                     exe_name = os.path.basename(argv[0])
-            names = (stat.comm, exe_name, procfs.cgroup_path(procfs.read_cgroup(self.files, pid)), now)
+            names = (stat.comm, exe_name, procfs.cgroup_path(procfs.read_cgroup(self.files, pid)), now,
+                     status.uids[0], status.hugetlb_kb)
             self._names[key] = names
-        uid = status.uids[0]
+            rss_kb = status.vm_rss_kb + status.hugetlb_kb
+        else:
+            rss_kb = stat.rss_pages * procfs.BASE_PAGE_KB + names[5]  # VmRSS is stat's rss
+        uid = names[4]
         if uid not in self._users:
             self._users[uid] = _user_name(uid)
         return ProcessInfo(
             key=key, comm=stat.comm, exe_name=names[1], uid=uid, user=self._users[uid],
-            rss_kb=status.vm_rss_kb + status.hugetlb_kb, num_threads=stat.num_threads,
+            rss_kb=rss_kb, num_threads=stat.num_threads,
             cpu_ticks=stat.cpu_ticks, cpu_percent=cpu_percent, cgroup=names[2], ppid=stat.ppid)
 
 

@@ -283,6 +283,8 @@ def _read_meminfo(files: KernelFiles, rel: str, prefix: str) -> dict[str, int]:
         fields = rest.split()
         if sep and key in ("MemTotal", "MemFree") and fields and fields[0].isdigit():
             values[key] = int(fields[0])
+            if len(values) == 2:
+                break  # the first two lines, in every kernel's order: read at every pass
     missing = [k for k in ("MemTotal", "MemFree") if k not in values]
     if missing:
         raise TopologyError(f"{files.path(rel)}: no {' or '.join(prefix + k for k in missing)} line")
