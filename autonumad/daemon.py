@@ -494,18 +494,14 @@ class Daemon:
                 raise _Interrupted()
             if now >= next_watch:
                 next_watch = now + WATCH_TICK_S
-                pid = self.new_processes.settled()
-                if pid is not None:
-                    log.debug("pid %d stopped growing: next pass now", pid)
-                    self.counters["early_passes"] += 1
-                    self.budget.cut_pause_short(deadline - time.monotonic())
-                    raise _Interrupted()
-                pid = self.new_processes.check()
-                if pid is not None:
-                    log.debug("pid %d is new and big enough to balance: next pass now", pid)
-                    self.counters["early_passes"] += 1
-                    self.budget.cut_pause_short(deadline - time.monotonic())
-                    raise _Interrupted()
+                for look, why in ((self.new_processes.settled, "stopped growing"),
+                                  (self.new_processes.check, "is new and big enough to balance")):
+                    pid = look()
+                    if pid is not None:
+                        log.debug("pid %d %s: next pass now", pid, why)
+                        self.counters["early_passes"] += 1
+                        self.budget.cut_pause_short(deadline - time.monotonic())
+                        raise _Interrupted()
 
     def run_pass(self) -> PassReport:
         started = time.monotonic()
