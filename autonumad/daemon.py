@@ -101,6 +101,10 @@ STUCK_MOVED_SHARE = 0.5
 """A page group of which fewer than this share of the pages tried moved counts as stuck."""
 CPU_CREDIT_WINDOW_S = 30.0
 """The CPU ceiling holds over this window: a quiet daemon may spend its credit at once."""
+OFF_NODE_SAMPLES = 1024
+"""The scan of a process whose busy threads share one node keeps up to this many of its
+sampled pages found elsewhere: where in each mapping they lie narrows what the mover walks
+(policy_snapshot.mapping_groups); with more, the whole mapping is walked."""
 MAX_PIN_ANCESTORS = 8
 """How far up its parents a process's narrowed affinity is traced to a pin of ours it inherited."""
 
@@ -520,7 +524,9 @@ class Daemon:
             cpu.mark("threads")
             if not looked:
                 continue
-            mm = self.mm.observe(info, self.budget)
+            busy_nodes = self.tasks.busy_thread_nodes(info.key)
+            local = next(iter(busy_nodes)) if len(busy_nodes) == 1 else -1
+            mm = self.mm.observe(info, self.budget, local, OFF_NODE_SAMPLES if local >= 0 else 0)
             cpu.mark("memory")
             if mm is None:
                 continue

@@ -80,6 +80,7 @@ class ScanResultLike(Protocol):
     sampled: int
     absent: int
     errors: int
+    off_node: int
     off_node_addrs: list[int]
     off_node_nodes: list[int]
 
@@ -117,6 +118,11 @@ class MmSnapshot:
     """numa_maps was read for this process (False: every mapping's policy is unknown)."""
     chosen_policies: bool = True
     """False: no mapping's known policy is one the process chose (self_placed_share is 0)."""
+    local_node: int = -1
+    off_node_complete: bool = False
+    """off_node_addrs holds every sampled page off local_node (none was left out for
+    max_off_node): where in each mapping the pages on another node lie, as far as the
+    sample tells (policy_snapshot.mapping_groups narrows a group's range to them)."""
     node_pages: dict[int, float] = field(default=None)  # type: ignore[assignment]
     """The sum over the mappings, computed when not given."""
 
@@ -284,6 +290,7 @@ def sampled_snapshot(key: ProcessKey, mappings: Sequence[MapsEntry], stride: int
     samples = absent = errors = 0
     off_addrs: list[int] = []
     off_nodes: list[int] = []
+    complete = local_node >= 0
     for chunk in _window_chunks([mappings[i] for i in scanned], stride, budget.take):
         chunk = [(scanned[index], start, end) for index, start, end in chunk]
         result = scan_ranges(key.pid, [(start, end) for _, start, end in chunk], stride,
@@ -293,12 +300,14 @@ def sampled_snapshot(key: ProcessKey, mappings: Sequence[MapsEntry], stride: int
         errors += result.errors
         off_addrs.extend(result.off_node_addrs)
         off_nodes.extend(result.off_node_nodes)
+        complete = complete and getattr(result, "off_node", 0) <= len(result.off_node_addrs)
         for (index, _, _), counts in zip(chunk, result.range_node_pages):
             vma = per_vma[index]
             for node, count in counts.items():
                 if count:
                     vma[node] = vma.get(node, 0.0) + count * stride
     if len(off_addrs) > max_off_node:
+        complete = False
         picked = sorted(rng.sample(range(len(off_addrs)), max_off_node))
         off_addrs = [off_addrs[i] for i in picked]
         off_nodes = [off_nodes[i] for i in picked]
@@ -313,7 +322,7 @@ def sampled_snapshot(key: ProcessKey, mappings: Sequence[MapsEntry], stride: int
             totals[node] = totals.get(node, 0.0) + pages
     return MmSnapshot(key, False, tuple(vmas), taken_at, stride, samples, absent, errors,
                       tuple(off_addrs), tuple(off_nodes), policies_read, chosen_policies,
-                      dict(sorted(totals.items())))
+                      local_node, complete, dict(sorted(totals.items())))
 
 
 def _carried(vmas: Sequence[VmaStats], mappings: Sequence[MapsEntry]

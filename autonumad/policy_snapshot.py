@@ -34,6 +34,8 @@ things the statistics do not say by themselves:
 
 from __future__ import annotations
 
+import bisect
+
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -182,6 +184,7 @@ def mapping_groups(mm: MmSnapshot, threads: list[ThreadStats],
         for node, count in t.accesses.items():
             if count >= 1:
                 touches_by_node.setdefault(node, {})[t.tid] = int(count)
+    extents = _off_node_extents(mm)
     out = {}
     for vma in mm.vmas:
         if not movable_mapping(vma.path):
@@ -189,9 +192,35 @@ def mapping_groups(mm: MmSnapshot, threads: list[ThreadStats],
         for node, pages in sorted(vma.node_pages.items()):
             gid = group_id(vma.start, node)
             if pages >= MIN_GROUP_PAGES and gid not in skip:
+                start, end = extents.get((vma.start, node), (vma.start, vma.end))
                 out[gid] = (PageGroup(gid, node, int(pages), touches_by_node.get(node, {})),
-                            GroupRange(vma.start, vma.end, node))
+                            GroupRange(max(vma.start, start), min(vma.end, end), node))
     return out
+
+
+def _off_node_extents(mm: MmSnapshot) -> dict[tuple[int, int], tuple[int, int]]:
+    """(mapping start, node) -> the span of the mapping in which the sample found pages on
+    that node, widened by a stride on each side (between two samples the pages are not
+    seen), when the snapshot kept every sampled page off its local node. A few strays
+    left at one end of a big mapping then cost the mover a walk of that end, not of
+    the whole mapping: most of what a process local at last still has elsewhere."""
+    if not mm.off_node_complete or not mm.off_node_addrs:
+        return {}
+    starts = [v.start for v in mm.vmas]
+    order = sorted(range(len(starts)), key=starts.__getitem__)
+    sorted_starts = [starts[i] for i in order]
+    margin = mm.stride * PAGE_SIZE
+    spans: dict[tuple[int, int], tuple[int, int]] = {}
+    for addr, node in zip(mm.off_node_addrs, mm.off_node_nodes):
+        i = bisect.bisect_right(sorted_starts, addr) - 1
+        if i < 0:
+            continue
+        vma = mm.vmas[order[i]]
+        if addr >= vma.end:
+            continue
+        lo, hi = spans.get((vma.start, node), (addr, addr))
+        spans[(vma.start, node)] = (min(lo, addr), max(hi, addr))
+    return {k: (lo - margin, hi + PAGE_SIZE + margin) for k, (lo, hi) in spans.items()}
 
 
 def region_groups(regions: Mapping[int, RegionTouches], skip: Collection[int]

@@ -40,6 +40,7 @@ class FakeScanResult:
     errors: int
     off_node_addrs: list = field(default_factory=list)
     off_node_nodes: list = field(default_factory=list)
+    off_node: int = 0
 
 
 class FakeMemory:
@@ -74,8 +75,8 @@ class FakeMemory:
         for counts in per_range:
             for n, c in counts.items():
                 total[n] = total.get(n, 0) + c
-        off = off[:max_off_node]
-        return FakeScanResult(total, per_range, sampled, absent, 0, [a for a, _ in off], [n for _, n in off])
+        seen, off = len(off), off[:max_off_node]
+        return FakeScanResult(total, per_range, sampled, absent, 0, [a for a, _ in off], [n for _, n in off], seen)
 
 
 def mapping(start_mb, size_mb, path="", perms="rw-p"):
@@ -242,6 +243,10 @@ def test_off_node_pages_are_kept_up_to_the_limit():
                             0.0, local_node=0, max_off_node=50)
     assert len(snap.off_node_addrs) == 50
     assert set(snap.off_node_nodes) == {1}
+    assert snap.local_node == 0 and not snap.off_node_complete   # more were seen than kept
+    every = sampled_snapshot(KEY, maps, 11, memory.scan_ranges, budget(pages_to_scan=100_000), random.Random(0),
+                             0.0, local_node=1, max_off_node=100_000)
+    assert every.off_node_complete and set(every.off_node_nodes) == {0}
 
 
 def test_known_policies_label_sampled_mappings():

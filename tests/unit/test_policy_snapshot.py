@@ -6,7 +6,7 @@ from dataclasses import replace
 from autonumad.kernel.files import KernelFiles
 from autonumad.kernel.procfs import CLOCK_TICKS, MemPolicy
 from autonumad.mm_stats import MmSnapshot, VmaStats
-from autonumad.policy_snapshot import SnapshotBuilder, group_id, process_locality
+from autonumad.policy_snapshot import GroupRange, SnapshotBuilder, group_id, mapping_groups, process_locality
 from autonumad.processes import ProcessInfo, ProcessKey
 from autonumad.task_stats import REGION_BYTES, RegionTouches, ThreadStats
 from autonumad.topology import read_topology
@@ -119,6 +119,17 @@ def test_private_anonymous_mappings_become_page_groups_and_libraries_do_not():
     ids = {g.id for g in snap.processes[0].page_groups}
     assert ids == {group_id(HEAP, 0), group_id(HEAP, 1)}
     assert groups[(KEY.pid, KEY.start_time)][group_id(HEAP, 1)].start == HEAP
+
+
+def test_a_group_range_narrows_to_where_the_sample_found_its_pages_when_it_kept_them_all():
+    strays = (HEAP + (60 << 20), HEAP + (61 << 20))     # node 0's pages sit near the heap's end
+    base = replace(mm(), stride=16, local_node=1, off_node_addrs=strays, off_node_nodes=(0, 0))
+    whole = mapping_groups(base, [], ())
+    assert whole[group_id(HEAP, 0)][1] == GroupRange(HEAP, HEAP + (64 << 20), 0)   # not all kept: the whole
+    narrow = mapping_groups(replace(base, off_node_complete=True), [], ())
+    assert narrow[group_id(HEAP, 0)][1] == GroupRange(HEAP + (60 << 20) - 16 * 4096,
+                                                      HEAP + (61 << 20) + 17 * 4096, 0)
+    assert narrow[group_id(HEAP, 1)][1] == GroupRange(HEAP, HEAP + (64 << 20), 1)  # the local node's: untouched
 
 
 def test_groups_found_unmovable_are_left_out():
