@@ -349,6 +349,7 @@ class NewProcessWatch:
         self._ignored: set[int] = set()
         self._rss_kb: dict[int, int] = {}  # new PIDs' RSS at the previous call
         self._growing: dict[int, int] = {}  # PIDs growing at the last pass: RSS at the previous look
+        self._last_pid: int | None = None     # procfs.last_pid at the previous check
 
     def reset(self, known_pids: set[int], growing: Mapping[int, int] | None = None) -> None:
         """After a pass: the PIDs it saw, and those of them still growing (PID -> RSS in KiB
@@ -357,6 +358,7 @@ class NewProcessWatch:
         self._ignored.clear()
         self._rss_kb.clear()
         self._growing = dict(growing or {})
+        self._last_pid = None
 
     def settled(self) -> int | None:
         """A PID of those growing at the last pass whose RSS has held steady (changed by at
@@ -375,12 +377,18 @@ class NewProcessWatch:
         return None
 
     def check(self) -> int | None:
-        """A new PID big enough to balance now, or None."""
+        """A new PID big enough to balance now, or None. Nothing is listed while no PID was
+        handed out since the last call and no new process is still growing (most calls)."""
+        last = procfs.last_pid(self.files)
+        if last is not None and last == self._last_pid and not self._rss_kb:
+            return None
+        self._last_pid = last
         reads = 0
         for pid in procfs.list_pids(self.files):
             if pid in self._known or pid in self._ignored or pid == self.own_pid:
                 continue
             if reads >= self.max_reads:
+                self._last_pid = None  # the rest next time, whether or not a PID comes meanwhile
                 break
             reads += 1
             try:

@@ -372,6 +372,15 @@ def list_pids(files: KernelFiles) -> list[int]:
     return sorted(int(name) for name in files.listdir("proc") if name.isdigit())
 
 
+def last_pid(files: KernelFiles) -> int | None:
+    """The PID the kernel handed out last (/proc/loadavg's last field), None if unreadable:
+    unchanged between two reads, no process or thread was created in between."""
+    try:
+        return int(files.read_text("proc/loadavg").split()[-1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def list_tids(files: KernelFiles, pid: int) -> list[int]:
     return sorted(int(name) for name in files.listdir(f"proc/{pid}/task") if name.isdigit())
 

@@ -286,6 +286,20 @@ def test_new_process_watch_answers_a_new_pid_once_its_rss_reaches_the_threshold(
     assert new in discovery.seen_pids and watch.check() is None
 
 
+def test_new_process_watch_lists_nothing_while_no_pid_was_handed_out(tree, monkeypatch):
+    files = KernelFiles(str(tree))
+    (tree / "proc" / "loadavg").write_text("0.10 0.20 0.30 1/90 4000\n")
+    watch = NewProcessWatch(files, min_rss_kb=64 * 1024, own_pid=NOT_US)
+    watch.reset(set(USER_PIDS))
+    listed = []
+    real = procfs.list_pids
+    monkeypatch.setattr(procfs, "list_pids", lambda f: listed.append(1) or real(f))
+    assert watch.check() is None and watch.check() is None
+    assert len(listed) == 1                                  # the second call read loadavg only
+    (tree / "proc" / "loadavg").write_text("0.10 0.20 0.30 1/91 4001\n")
+    assert watch.check() is None and len(listed) == 2        # a PID came: listed again
+
+
 def test_new_process_watch_answers_a_growing_pid_once_its_rss_holds_steady(tree):
     files = KernelFiles(str(tree))
     watch = NewProcessWatch(files, min_rss_kb=64 * 1024, own_pid=NOT_US)
