@@ -359,8 +359,8 @@ class Daemon:
                               self.counters["passes"], self.last_pass.duration_s, self.last_pass.cpu_summary(),
                               self.last_pass.processes, self.last_pass.actions,
                               self.budget.scan_sleep_pass_millisecs / 1000)
-                    self.new_processes.reset(self.discovery.seen_pids | self.discovery.kernel_thread_pids,
-                                             self._growing)
+                    self.new_processes.reset((self.discovery.seen_pids - self.discovery.young_small_pids)
+                                             | self.discovery.kernel_thread_pids, self._growing)
                     self.new_processes.min_rss_kb = self._wake_rss_kb()
                     self._between_passes = True
                     self.budget.end_pass()

@@ -44,6 +44,9 @@ KTHREAD_RECHECK_S = 30.0
 NAMES_RECHECK_S = 30.0
 KERNEL_THREAD = "kernel thread"
 HYSTERESIS = 0.5  # an admitted process stays while above this fraction of the thresholds
+YOUNG_S = 120
+"""A process started less than this long ago, turned away for its RSS alone, may be a job
+setting up: the pause between passes watches it grow (ProcessDiscovery.young_small_pids)."""
 
 
 @dataclass(frozen=True, order=True)
@@ -137,8 +140,8 @@ class ProcessFilter:
     def _user_matches(users: tuple[str | int, ...], info: ProcessInfo) -> bool:
         return any(u == info.uid if isinstance(u, int) else u == info.user for u in users)
 
-    def rejection(self, info: ProcessInfo, admitted_before: bool = False) -> str | None:
-        """Why `info` is not to be balanced, or None when it is."""
+    def rejection(self, info: ProcessInfo, admitted_before: bool = False, any_rss: bool = False) -> str | None:
+        """Why `info` is not to be balanced, or None when it is (`any_rss`: whatever its RSS)."""
         if info.pid in self.exclude_pids:
             return "PID excluded"
         if self._names_match("exclude", info):
@@ -154,7 +157,7 @@ class ProcessFilter:
                                  or self._user_matches(self.include_users, info)):
             return "matches no include rule"
         scale = HYSTERESIS if admitted_before else 1.0
-        if info.rss_kb < self.min_rss_mb * 1024 * scale:
+        if info.rss_kb < self.min_rss_mb * 1024 * scale and not any_rss:
             return f"RSS {info.rss_kb // 1024} MiB below {self.min_rss_mb * scale:g} MiB"
         if info.cpu_percent < self.min_cpu_percent * scale:
             return f"CPU {info.cpu_percent:.1f}% below {self.min_cpu_percent * scale:g}%"
@@ -208,6 +211,9 @@ class ProcessDiscovery:
         KTHREAD_RECHECK_S passes (a PID freed and reused between two passes)."""
         self._kthreads_checked_at = clock()
         self.seen_pids: set[int] = set()
+        self.young_small_pids: frozenset[int] = frozenset()
+        """Busy processes started less than YOUNG_S ago that only their RSS kept out (a job
+        still allocating at the pass): NewProcessWatch looks at them as at new ones."""
 
     def discover(self) -> Discovery:
         now = self.clock()
@@ -218,6 +224,7 @@ class ProcessDiscovery:
         if now - self._kthreads_checked_at >= KTHREAD_RECHECK_S:
             self.kernel_thread_pids, self._kthreads_checked_at = frozenset(), now
         kthreads: set[int] = set()
+        young_small: set[int] = set()
         for pid in procfs.list_pids(self.files):
             if pid == self.own_pid:
                 continue
@@ -255,10 +262,14 @@ class ProcessDiscovery:
                 admitted.append(info)
             elif info.key in self._admitted:
                 log.debug("pid %d (%s) no longer balanced: %s", pid, info.comm, reason)
+            elif uptime_ticks - info.key.start_time < YOUNG_S * procfs.CLOCK_TICKS \
+                    and self.filter.rejection(info, any_rss=True) is None:
+                young_small.add(pid)
         self._history = seen
         self._names = {k: v for k, v in self._names.items() if k in seen}
         self.kernel_thread_pids = frozenset(kthreads)
         self.seen_pids = {key.pid for key in seen}
+        self.young_small_pids = frozenset(young_small)
         keys = {info.key for info in admitted}
         new = sorted(keys - self._admitted)
         left = sorted(self._admitted - keys)

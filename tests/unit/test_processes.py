@@ -286,6 +286,22 @@ def test_new_process_watch_answers_a_new_pid_once_its_rss_reaches_the_threshold(
     assert new in discovery.seen_pids and watch.check() is None
 
 
+def test_a_young_busy_process_turned_away_for_its_rss_alone_is_watched_as_a_new_one(tree):
+    files = KernelFiles(str(tree))
+    start = procfs.read_stat(files, MIXED).start_time_ticks
+    (tree / "proc" / "uptime").write_text(f"{start / procfs.CLOCK_TICKS + 10:.2f} 0.00\n")  # 10 s old
+    discovery = ProcessDiscovery(files, ProcessFilter(min_rss_mb=1 << 20, min_cpu_percent=0.0),
+                                 clock=Clock(), own_pid=NOT_US)
+    assert discovery.discover().processes == []
+    assert MIXED in discovery.young_small_pids
+    assert all(procfs.read_stat(files, pid).start_time_ticks > start - 120 * procfs.CLOCK_TICKS
+               for pid in discovery.young_small_pids)
+    excluded = ProcessDiscovery(files, ProcessFilter(min_rss_mb=1 << 20, min_cpu_percent=0.0,
+                                                     exclude_pids=(MIXED,)), clock=Clock(), own_pid=NOT_US)
+    excluded.discover()
+    assert MIXED not in excluded.young_small_pids                       # turned away for more than its RSS
+
+
 def test_new_process_watch_lists_nothing_while_no_pid_was_handed_out(tree, monkeypatch):
     files = KernelFiles(str(tree))
     (tree / "proc" / "loadavg").write_text("0.10 0.20 0.30 1/90 4000\n")
