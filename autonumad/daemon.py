@@ -223,7 +223,7 @@ class Daemon:
         self.counters: Counter = Counter()
         self.last_pass = PassReport()
         self._pass_cpu_end: float | None = None  # process CPU time when the last pass ended
-        self._growing: dict[int, int] = {}  # PID -> RSS (KiB) of the processes growing at the last pass
+        self._growing: set[int] = set()  # PIDs of the processes growing at the last pass
         self._quiet_passes = 0  # passes in a row that did nothing and left nothing awaited
         self._settled_passes = 0  # of them, in a row with every process placed
         self.published: dict[str, Any] = {"managed_processes": [], "managed_threads": {}}
@@ -503,6 +503,8 @@ class Daemon:
                     pid = look()
                     if pid is not None:
                         log.debug("pid %d %s: next pass now", pid, why)
+                        if look == self.new_processes.settled:
+                            self.builder.forget_rss(pid)  # judged from its steady size on
                         self.counters["early_passes"] += 1
                         self.budget.cut_pause_short(deadline - time.monotonic())
                         raise _Interrupted()
@@ -562,8 +564,7 @@ class Daemon:
         self.tasks.end_pass()
         self.counters["passes"] += 1
         self._publish(snapshot)
-        rss_kb = {info.pid: info.rss_kb for info, _, _ in observed}
-        self._growing = {view.pid: rss_kb[view.pid] for view in snapshot.processes if view.growing}
+        self._growing = {view.pid for view in snapshot.processes if view.growing}
         cpu.mark("publish")
         self.last_pass = PassReport(time.time(), time.monotonic() - started, len(plan.actions), len(observed),
                                     len(found.new), lines, self.sampler.windows_open(),

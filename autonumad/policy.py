@@ -844,8 +844,8 @@ def _movable_share(process: ProcessView, node: int) -> float:
 
 
 REMNANT_LOCALITY = 0.98
-"""A process whose runnable threads all run on one node, with this share of its memory
-there, has the rest left alone: mostly pages that cannot move (shared with its parent since
+"""A process whose runnable threads all run on one node, with this share of its movable
+memory (its page groups) there, has the rest left alone: mostly pages that cannot move (shared with its parent since
 fork, pinned) and sampled estimates of a few pages each, which would cost a vote pass and a
 move of nothing, again and again (AutoNUMA's memory follows CPU; numad also stops at a
 process that is local enough)."""

@@ -82,6 +82,11 @@ class SnapshotBuilder:
         regions change only when a window is read or the daemon moves pages (their version),
         and recounting a few hundred regions each pass is the pass's largest cost under TCG."""
 
+    def forget_rss(self, pid: int) -> None:
+        """Drop the RSS remembered for `pid`: at the next build it is not judged growing (the
+        daemon saw it hold steady since the last pass)."""
+        self._rss_kb = {k: v for k, v in self._rss_kb.items() if k.pid != pid}
+
     def build(self, now: float, uptime_s: float, topology: Topology, processes: list[tuple[ProcessInfo, MmSnapshot,
               list[ThreadStats]]], affinity_of: Callable[[int], frozenset[int] | None],
               owned_affinity: Callable[[ProcessKey, int], frozenset[int] | None], respect_affinity: bool,

@@ -30,7 +30,7 @@ import os
 import pwd
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +44,8 @@ KTHREAD_RECHECK_S = 30.0
 NAMES_RECHECK_S = 30.0
 KERNEL_THREAD = "kernel thread"
 HYSTERESIS = 0.5  # an admitted process stays while above this fraction of the thresholds
+LIST_AT_LEAST_S = 5.0
+"""NewProcessWatch lists /proc at least this often, whatever /proc/loadavg says."""
 YOUNG_S = 120
 """A process started less than this long ago, turned away for its RSS alone, may be a job
 setting up: the pause between passes watches it grow (ProcessDiscovery.young_small_pids)."""
@@ -204,8 +206,10 @@ class ProcessDiscovery:
         self._names: dict[ProcessKey, tuple[str, str, str, float, int, int]] = {}
         """Per busy process: (comm, executable name, cgroup, when read, uid, hugetlb KiB). The
         executable name (from cmdline, when comm is cut short) is read again when comm changes
-        (an exec), the cgroup, uid and hugetlb memory (from status) every NAMES_RECHECK_S; the
-        RSS in between comes from stat: three reads fewer per busy process and pass."""
+        (an exec), the cgroup every NAMES_RECHECK_S, and so are the uid and hugetlb memory (from
+        status) of a process older than YOUNG_S with no hugetlb memory (at every pass
+        otherwise: one setting up may change its uid, hugetlb memory may grow unseen by stat);
+        the RSS in between comes from stat: up to three reads fewer per busy process and pass."""
         self.kernel_thread_pids: frozenset[int] = frozenset()
         """PIDs found to be kernel threads: not read again until they leave /proc, or
         KTHREAD_RECHECK_S passes (a PID freed and reused between two passes)."""
@@ -297,6 +301,7 @@ class ProcessDiscovery:
         if cpu_percent < floor:
             return _Idle(key, stat.comm, stat.cpu_ticks, f"CPU {cpu_percent:.1f}% below {floor:g}%")
         names = self._names.get(key)
+        young = uptime_ticks - stat.start_time_ticks < YOUNG_S * procfs.CLOCK_TICKS
         if names is None or names[0] != stat.comm or now - names[3] >= NAMES_RECHECK_S:
             status = procfs.read_status(self.files, pid)
             exe_name = stat.comm
@@ -306,10 +311,14 @@ class ProcessDiscovery:
                     exe_name = os.path.basename(argv[0])
             names = (stat.comm, exe_name, procfs.cgroup_path(procfs.read_cgroup(self.files, pid)), now,
                      status.uids[0], status.hugetlb_kb)
-            self._names[key] = names
+            rss_kb = status.vm_rss_kb + status.hugetlb_kb
+        elif young or names[5]:  # setting up (setuid, hugetlb) or hugetlb in use: status each pass
+            status = procfs.read_status(self.files, pid)
+            names = names[:4] + (status.uids[0], status.hugetlb_kb)
             rss_kb = status.vm_rss_kb + status.hugetlb_kb
         else:
             rss_kb = stat.rss_pages * procfs.BASE_PAGE_KB + names[5]  # VmRSS is stat's rss
+        self._names[key] = names
         uid = names[4]
         if uid not in self._users:
             self._users[uid] = _user_name(uid)
@@ -359,30 +368,41 @@ class NewProcessWatch:
         self._known: set[int] = set()
         self._ignored: set[int] = set()
         self._rss_kb: dict[int, int] = {}  # new PIDs' RSS at the previous call
-        self._growing: dict[int, int] = {}  # PIDs growing at the last pass: RSS at the previous look
-        self._last_pid: int | None = None     # procfs.last_pid at the previous check
+        self._growing: dict[int, int | None] = {}  # PIDs growing at the last pass: RSS at the previous look
+        self._answered: set[int] = set()           # of them, those `settled` answered already
+        self._last_pid: int | None = None          # procfs.last_pid at the previous check
+        self._listed_at = float("-inf")            # when check last listed /proc
+        self._pending = False                      # a new PID read at the last listing was growing
 
-    def reset(self, known_pids: set[int], growing: Mapping[int, int] | None = None) -> None:
-        """After a pass: the PIDs it saw, and those of them still growing (PID -> RSS in KiB
-        at the pass), whose memory gets no votes until it holds steady (`settled`)."""
+    def reset(self, known_pids: set[int], growing: Iterable[int] = ()) -> None:
+        """After a pass: the PIDs it saw, and those of them still growing, whose memory gets
+        no votes until it holds steady (`settled`)."""
         self._known = set(known_pids)
         self._ignored.clear()
         self._rss_kb.clear()
-        self._growing = dict(growing or {})
+        growing = set(growing)
+        self._answered &= growing  # a process answered once and still growing waits for the passes
+        self._growing = {pid: None for pid in growing - self._answered}
         self._last_pid = None
 
     def settled(self) -> int | None:
         """A PID of those growing at the last pass whose RSS has held steady (changed by at
-        most RSS_SETTLED) since the previous look, or None: a job done setting up is looked
-        at now, not a whole pause later."""
+        most RSS_SETTLED) between two looks, or None: a job done setting up is looked at
+        now, not a whole pause later. Each is answered once while it keeps growing from
+        pass to pass (one that grows slowly and steadily is looked at by the passes)."""
         for pid, before in list(self._growing.items()):
             try:
-                rss_kb = procfs.read_stat(self.files, pid).rss_pages * PAGE_KB
+                stat = procfs.read_stat(self.files, pid)
             except (ProcessGone, AccessDenied, ValueError):
                 del self._growing[pid]
                 continue
-            if abs(rss_kb - before) <= rss_kb * RSS_SETTLED:
+            if stat.state in ("Z", "X"):
                 del self._growing[pid]
+                continue
+            rss_kb = stat.rss_pages * PAGE_KB
+            if before is not None and abs(rss_kb - before) <= rss_kb * RSS_SETTLED:
+                del self._growing[pid]
+                self._answered.add(pid)
                 return pid
             self._growing[pid] = rss_kb
         return None
@@ -391,9 +411,11 @@ class NewProcessWatch:
         """A new PID big enough to balance now, or None. Nothing is listed while no PID was
         handed out since the last call and no new process is still growing (most calls)."""
         last = procfs.last_pid(self.files)
-        if last is not None and last == self._last_pid and not self._rss_kb:
+        now = time.monotonic()
+        if last is not None and last == self._last_pid and not self._pending \
+                and now - self._listed_at < LIST_AT_LEAST_S:
             return None
-        self._last_pid = last
+        self._last_pid, self._listed_at, self._pending = last, now, False
         reads = 0
         for pid in procfs.list_pids(self.files):
             if pid in self._known or pid in self._ignored or pid == self.own_pid:
@@ -412,6 +434,8 @@ class NewProcessWatch:
                 continue
             rss_kb = stat.rss_pages * PAGE_KB
             before, self._rss_kb[pid] = self._rss_kb.get(pid), rss_kb
-            if rss_kb >= self.min_rss_kb and before is not None and abs(rss_kb - before) <= rss_kb * RSS_SETTLED:
+            steady = before is not None and abs(rss_kb - before) <= rss_kb * RSS_SETTLED
+            if rss_kb >= self.min_rss_kb and steady:
                 return pid
+            self._pending = self._pending or not steady  # still growing (or just seen): look again
         return None

@@ -373,9 +373,13 @@ def list_pids(files: KernelFiles) -> list[int]:
 
 
 def last_pid(files: KernelFiles) -> int | None:
-    """The PID the kernel handed out last (/proc/loadavg's last field), None if unreadable:
-    unchanged between two reads, no process or thread was created in between."""
+    """The PID the kernel handed out last (/proc/loadavg's last field): unchanged between two
+    reads, no process or thread was created in between. The kernel gives it for the reader's
+    PID namespace, so only when the tree's proc/self is this process (its /proc is that of
+    our namespace); None otherwise, or if unreadable."""
     try:
+        if os.readlink(files.path("proc/self")) != str(os.getpid()):
+            return None
         return int(files.read_text("proc/loadavg").split()[-1])
     except (OSError, ValueError, IndexError):
         return None

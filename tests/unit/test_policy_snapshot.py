@@ -69,6 +69,9 @@ def test_a_process_whose_memory_grew_since_the_last_pass_is_growing():
     grown = [build(b, float(i), [thread(101, 0)], rss_kb=kb)[0].processes[0].growing
              for i, kb in enumerate((100 << 10, 110 << 10, 111 << 10, 111 << 10))]
     assert grown == [False, True, False, False]   # first sight: nothing to compare; +1%: steady
+    b.forget_rss(KEY.pid)                         # seen holding steady since: judged from now on
+    assert not build(b, 5.0, [thread(101, 0)], rss_kb=200 << 10)[0].processes[0].growing
+    assert build(b, 6.0, [thread(101, 0)], rss_kb=300 << 10)[0].processes[0].growing
 
 
 def test_a_narrowed_affinity_is_a_user_pin_unless_the_daemon_set_it():
