@@ -129,18 +129,17 @@ def _mover_on(cpus: Iterable[int]):
     quarter of the CPU it costs from another node, 4-node TCG VM). There the mover keeps
     the daemon's own nice and shares the CPU with that thread: at MOVER_NICE a long run of
     moves would starve it, and the next pass would take its node for idle."""
-    restore, on_node = None, False
+    restore = None
     try:
         allowed = sched.get_affinity(0)
         wanted = frozenset(cpus) & allowed
         if wanted and wanted != allowed:
             sched.set_affinity(0, wanted)
             restore = allowed
-        on_node = bool(wanted)   # pinned there, or allowed no other CPUs (taskset, a cpuset)
     except OSError as exc:
         log.debug("page moves from the CPUs the daemon has (%s)", exc.strerror or exc)
     try:
-        yield on_node
+        yield restore is not None
     finally:
         if restore is not None:
             try:

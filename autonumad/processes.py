@@ -55,8 +55,7 @@ without a PID being handed out)."""
 IDLE_RECHECK_S = 5.0
 """A process too idle to balance at a pass is read again at the first pass this long
 after: while the daemon passes often (something is misplaced), the idle processes of the
-system cost one read each in this time instead of one a pass. Only while /proc/loadavg's
-last PID shows that no PID was reused since the last pass (as for kernel threads)."""
+system cost one read each in this time instead of one a pass."""
 YOUNG_S = 120
 """A process started less than this long ago, turned away for its RSS alone, may be a job
 setting up: the pause between passes watches it grow (ProcessDiscovery.young_small_pids)."""
@@ -241,12 +240,10 @@ class ProcessDiscovery:
         known_pids = {key.pid: key for key in self._history}
         admitted: list[ProcessInfo] = []
         last_pid = procfs.last_pid(self.files)
-        # no PID handed out since the last discovery can be one freed since (PIDs go in turn)
-        unwrapped = last_pid is not None and self._last_pid is not None and last_pid >= self._last_pid
         if last_pid is None or self._last_pid is None:
             recheck = now - self._kthreads_checked_at >= KTHREAD_RECHECK_S
         else:
-            recheck = not unwrapped or now - self._kthreads_checked_at >= KTHREAD_RECHECK_MAX_S
+            recheck = last_pid < self._last_pid or now - self._kthreads_checked_at >= KTHREAD_RECHECK_MAX_S
         self._last_pid = last_pid
         if recheck:
             self.kernel_thread_pids, self._kthreads_checked_at = frozenset(), now
@@ -260,7 +257,7 @@ class ProcessDiscovery:
                 kthreads.add(pid)
                 continue
             read_at = self._idle_read_at.get(pid)
-            if read_at is not None and now - read_at < IDLE_RECHECK_S and unwrapped:
+            if read_at is not None and now - read_at < IDLE_RECHECK_S:
                 key = known_pids[pid]
                 seen[key] = self._history[key]  # its CPU use is measured from that read on
                 idle_read_at[pid] = read_at
@@ -456,17 +453,17 @@ class NewProcessWatch:
             if now - self._reread_at < NEW_REREAD_S:
                 return self._look_at(sorted(self._growing_new))
             self._reread_at = now
-            return self._look_at(sorted(p for p in self._rss_kb if p not in self._ignored)[:self.max_reads])
-        self._last_pid = last
+            return self._look_at(sorted(p for p in self._rss_kb if p not in self._ignored))
+        self._last_pid, self._reread_at = last, now
         new = []
         for pid in procfs.list_pids(self.files):
-            if pid in self._known or pid in self._ignored or pid in self._rss_kb or pid == self.own_pid:
-                continue   # (the new PIDs read before: those growing are read below, the rest in turn)
+            if pid in self._known or pid in self._ignored or pid == self.own_pid:
+                continue
             if len(new) >= self.max_reads:
                 self._last_pid = None  # the rest next time, whether or not a PID comes meanwhile
                 break
             new.append(pid)
-        return self._look_at(new + sorted(self._growing_new))
+        return self._look_at(new)
 
     def _look_at(self, pids: list[int]) -> int | None:
         """Read the stat files of new `pids`: the first whose RSS reached min_rss_kb and held

@@ -156,16 +156,13 @@ static int move_to_node(int pid, void **pages, int64_t n, int to_node, int flags
 }
 
 /* Move the batch of candidates (pages found on from_node) and book the outcome.
- * While *huge, runs of HPAGE_PAGES contiguous candidates from an aligned address
- * go first by their first page: where that was a THP its other pages are then
- * found on to_node by a status query (a few microseconds a page, where moving
- * each costs the kernel a page-table walk and a failed isolation of the same huge
- * page). A first run whose other pages did not follow (4 KiB pages) clears *huge:
- * each move_pages call costs the kernel a drain of every CPU's LRU caches, and
- * 4 KiB pages gain nothing from going in two. */
+ * Runs of HPAGE_PAGES contiguous candidates from an aligned address go first by
+ * their first page: where that was a THP its other pages are then found on
+ * to_node by a status query (a few microseconds a page, where moving each costs
+ * the kernel a page-table walk and a failed isolation of the same huge page). */
 static int move_candidates(int pid, void **pages, const int64_t *cand_range, int64_t n, int to_node,
                            int flags, struct ane_range_moves *pos, int64_t *tried, int64_t *moved,
-                           int64_t *status_counts, int n_status_counts, uint64_t *moved_addrs, int *huge)
+                           int64_t *status_counts, int n_status_counts, uint64_t *moved_addrs)
 {
     void *heads[BATCH_PAGES / HPAGE_PAGES + 1], *rest[BATCH_PAGES], *followers[BATCH_PAGES];
     int64_t head_at[BATCH_PAGES / HPAGE_PAGES + 1], rest_at[BATCH_PAGES], follower_at[BATCH_PAGES];
@@ -176,7 +173,7 @@ static int move_candidates(int pid, void **pages, const int64_t *cand_range, int
 
     if (n == 0)
         return 0;
-    for (int64_t i = 0; *huge && i + HPAGE_PAGES <= n; i++) {
+    for (int64_t i = 0; i + HPAGE_PAGES <= n; i++) {
         uint64_t a = (uint64_t)(uintptr_t)pages[i];
         if (a % hsz != 0 || (uint64_t)(uintptr_t)pages[i + HPAGE_PAGES - 1] != a + (HPAGE_PAGES - 1) * psz)
             continue;
@@ -203,8 +200,6 @@ static int move_candidates(int pid, void **pages, const int64_t *cand_range, int
         }
         if (h > 0 && numa_move_pages(pid, (unsigned long)h, followers, NULL, where, 0) < 0)
             return -errno;
-        if (h > 0 && where[0] != to_node)
-            *huge = 0;   /* 4 KiB pages: the rest of this call moves them as they come */
         /* followers found on to_node moved with their head; the others are moved below */
         for (int64_t i = 0, k = 0, r = 0; i < n; i++) {
             if (k < n_heads && i == head_at[k]) {
@@ -249,8 +244,7 @@ int ane_move_ranges(int pid, const uint64_t *starts, const uint64_t *ends, int64
     int where[BATCH_PAGES];
     int flags = move_all ? MPOL_MF_MOVE_ALL : MPOL_MF_MOVE;
     uint64_t psz = page_size(), hsz = hpage_size();
-    int64_t n_cand = 0, taken = 0, found;
-    int huge = 1;   /* move_candidates: runs tried by their first page (until one was no THP) */
+    int64_t n_cand = 0, taken = 0;
     int rc;
 
     pos->tried = 0;
@@ -268,25 +262,21 @@ int ane_move_ranges(int pid, const uint64_t *starts, const uint64_t *ends, int64
             pos->addr = 0;
             continue;
         }
-        /* batches end on huge page boundaries, and a batch's candidates go to the
-         * kernel together (those of several batches too, as long as they fit): a
-         * THP's run of candidates is cut in two only by the end of a grant */
+        /* batches end on huge page boundaries, and candidates go to the kernel a
+         * whole batch at a time: a THP's run of candidates is never cut in two */
         if (n == BATCH_PAGES && (addr + n * psz) % hsz != 0 && (addr + n * psz) / hsz * hsz > addr)
             n = (int64_t)(((addr + n * psz) / hsz * hsz - addr) / psz);
-        for (int64_t i = 0; i < n; i++)
-            query[i] = (void *)(uintptr_t)(addr + i * psz);
-        if (numa_move_pages(pid, (unsigned long)n, query, NULL, where, 0) < 0)
-            return -errno;
-        found = 0;
-        for (int64_t i = 0; i < n && found < limit - taken; i++)
-            found += where[i] == from_node;
-        if (n_cand + found > BATCH_PAGES) {
+        if (n_cand + n > BATCH_PAGES) {
             rc = move_candidates(pid, cand, cand_range, n_cand, to_node, flags, pos, tried, moved,
-                                 status_counts, n_status_counts, moved_addrs, &huge);
+                                 status_counts, n_status_counts, moved_addrs);
             if (rc < 0)
                 return rc;
             n_cand = 0;
         }
+        for (int64_t i = 0; i < n; i++)
+            query[i] = (void *)(uintptr_t)(addr + i * psz);
+        if (numa_move_pages(pid, (unsigned long)n, query, NULL, where, 0) < 0)
+            return -errno;
         pos->addr = addr + n * psz;
         for (int64_t i = 0; i < n; i++) {
             if (where[i] != from_node)
@@ -300,7 +290,7 @@ int ane_move_ranges(int pid, const uint64_t *starts, const uint64_t *ends, int64
             taken++;
             if (n_cand == BATCH_PAGES) {
                 rc = move_candidates(pid, cand, cand_range, n_cand, to_node, flags, pos, tried, moved,
-                                     status_counts, n_status_counts, moved_addrs, &huge);
+                                     status_counts, n_status_counts, moved_addrs);
                 if (rc < 0)
                     return rc;
                 n_cand = 0;
@@ -312,7 +302,7 @@ int ane_move_ranges(int pid, const uint64_t *starts, const uint64_t *ends, int64
         }
     }
     return move_candidates(pid, cand, cand_range, n_cand, to_node, flags, pos, tried, moved,
-                           status_counts, n_status_counts, moved_addrs, &huge);
+                           status_counts, n_status_counts, moved_addrs);
 }
 
 static int valid_node(int node)

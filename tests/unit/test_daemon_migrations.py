@@ -264,14 +264,6 @@ def test_movers_run_on_the_cpus_of_the_node_they_move_pages_to_then_on_their_own
     assert {nice for refused, nice in nices if refused} == {daemon_module.MOVER_NICE}   # elsewhere: higher
     assert {cpus_now for refused, _, cpus_now in seen if refused} == {frozenset({0, 1, 2, 3})}  # moved anyway
     assert affinity[threading.get_native_id()] == frozenset({0, 1, 2, 3})  # the main thread's are back
-    # a daemon allowed only node 0's CPUs (taskset, a cpuset): its mover for node 0 is there already
-    from autonumad.daemon import _mover_on
-    affinity[threading.get_native_id()] = cpus[0]
-    refuse = False
-    with _mover_on(cpus[0]) as on_node:
-        assert on_node and sched.get_affinity(0) == cpus[0]
-    with _mover_on(cpus[1]) as on_node:
-        assert not on_node and sched.get_affinity(0) == cpus[0]
 
 
 def test_once_settled_passes_come_twice_as_far_apart_up_to_the_max_and_windows_with_them(tmp_path):

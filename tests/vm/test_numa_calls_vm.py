@@ -351,8 +351,8 @@ def test_pagemap_tells_a_forked_child_s_own_pages_from_those_it_still_shares_wit
         addrs = [addr + i * PAGE for i in range(1024)]
         exclusive = procfs.pages_exclusive(KernelFiles(), child, addrs)
         assert [exclusive[a] for a in addrs] == [True] * 512 + [False] * 512
-        other = 1 if numa_calls.page_nodes(child, [addrs[600]])[0] == 0 else 0
-        assert numa_calls.move_pages(child, [addrs[600]], other) == [-errno.EACCES]  # not its own to move
+        node = numa_calls.page_nodes(child, [addrs[600]])[0]
+        assert numa_calls.move_pages(child, [addrs[600]], 1 - node) == [-errno.EACCES]  # not its own to move
 
 
 def test_migrate_process_pages_empties_a_node():
