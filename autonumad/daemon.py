@@ -30,6 +30,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -50,7 +51,7 @@ from autonumad.perf_event_paranoid_sysctl import (lower_perf_event_paranoid, rea
 from autonumad.off_switch import noautonuma_on_cmdline, off_reason
 from autonumad.placement_advice import advise
 from autonumad.plan import ExchangeTasks, MigratePages, MoveTask, Plan, PolicyState
-from autonumad.policy import PolicyConfig, plan_pass
+from autonumad.policy import PolicyConfig, Snapshot, plan_pass
 from autonumad.policy_snapshot import GroupRange, SnapshotBuilder, node_mb, process_locality
 from autonumad.processes import NewProcessWatch, ProcessDiscovery, ProcessFilter, ProcessInfo, ProcessKey
 from autonumad.scan_pacing import ScanBudget
@@ -73,7 +74,10 @@ VOTE_PASS_S = 0.5
 pass, with threads and pages looked at afresh, is the second vote AutoNUMA's last_nid
 filter waits for."""
 WATCH_TICK_S = 0.5
-"""How often the pause between passes looks for a new process grown big enough to balance."""
+"""How often the pause between passes looks at new processes growing (NewProcessWatch)."""
+IDLE_WATCH_TICK_S = 1.0
+"""How often it looks for a new process while none is growing (a look costs a few
+milliseconds under TCG: most pauses are spent waiting for nothing)."""
 MOVED_GROUP_SHARE = 0.9
 """A page group counts as moved when this share of its pages did (busy pages stay behind)."""
 MOVER_NICE = -5
@@ -99,6 +103,11 @@ STUCK_GROUP_RETRY_S = 120.0
 """A page group none or few of whose pages would move is not tried again for this long."""
 STUCK_MOVED_SHARE = 0.5
 """A page group of which fewer than this share of the pages tried moved counts as stuck."""
+STUCK_SOURCE_MIN_TRIED = 64
+"""A run of moves of one process from one node that tried this many pages or more, and
+moved fewer than STUCK_MOVED_SHARE of them, sets that node's groups of the process aside
+(stuck_sources): what is left there is mostly pages it shares (since a fork), and other
+groups sampled there later would be mostly the same."""
 CPU_CREDIT_WINDOW_S = 30.0
 """The CPU ceiling holds over this window: a quiet daemon may spend its credit at once."""
 OFF_NODE_SAMPLES = 1024
@@ -110,9 +119,42 @@ MAX_PIN_ANCESTORS = 8
 
 
 @contextlib.contextmanager
+def _mover_on(cpus: Iterable[int]):
+    """Run the calling thread on `cpus` (the destination node's CPUs, those of them it may
+    use) while it moves pages there, then on the CPUs it had; yields whether it could.
+    As the kernel's balancing migrates a page in the context of the thread that faulted
+    on it, on the node it runs on: the copy writes local memory, and a busy thread of the
+    process on that CPU is switched out while the mover runs, so unmapping a page needs
+    no TLB shootdown there (a 4 KiB page moved to a busy thread's node costs about a
+    quarter of the CPU it costs from another node, 4-node TCG VM). There the mover keeps
+    the daemon's own nice and shares the CPU with that thread: at MOVER_NICE a long run of
+    moves would starve it, and the next pass would take its node for idle."""
+    restore, on_node = None, False
+    try:
+        allowed = sched.get_affinity(0)
+        wanted = frozenset(cpus) & allowed
+        if wanted and wanted != allowed:
+            sched.set_affinity(0, wanted)
+            restore = allowed
+        on_node = bool(wanted)   # pinned there, or allowed no other CPUs (taskset, a cpuset)
+    except OSError as exc:
+        log.debug("page moves from the CPUs the daemon has (%s)", exc.strerror or exc)
+    try:
+        yield on_node
+    finally:
+        if restore is not None:
+            try:
+                sched.set_affinity(0, restore)
+            except OSError as exc:  # never fail a pass for it
+                log.warning("could not give thread %d back its CPUs %s (%s)", threading.get_native_id(),
+                            format_list(sorted(restore)), exc.strerror or exc)
+
+
+@contextlib.contextmanager
 def _mover_priority():
-    """Run the calling thread at MOVER_NICE while it moves pages (Linux's setpriority on
-    PRIO_PROCESS 0 sets the calling thread's nice only), then back. A page is migrated
+    """Run the calling thread at MOVER_NICE while it moves pages from wherever it may run
+    (when it cannot run on the destination node's CPUs: _mover_on), then back (Linux's
+    setpriority on PRIO_PROCESS 0 sets the calling thread's nice only). A page is migrated
     in the mover's context, as the kernel's balancing migrates it in the context of the
     thread that faulted on it, and that thread waits until it is done: at the default
     nice the mover shares a CPU with a busy thread of the workload and a run of moves
@@ -253,6 +295,10 @@ class Daemon:
         self.server: ControlServer | None = None
         self.managed_keys: list[ProcessKey] = []
         self.stuck_groups: dict[tuple[int, int, int], float] = {}
+        self._quiet: set[ProcessKey] = set()
+        """Processes quiet at the last pass (_quiet_after)."""
+        self.stuck_sources: dict[tuple[int, int, int], float] = {}
+        """(pid, start time, node) -> until when its groups on that node are left alone."""
         self._not_inherited: dict[ThreadKey, frozenset[int]] = {}
         """Threads whose narrowed affinity was traced last pass and is no pin of ours."""
         self._not_inherited_next: dict[ThreadKey, frozenset[int]] = {}
@@ -497,7 +543,6 @@ class Daemon:
                 self.budget.cut_pause_short(deadline - now)
                 raise _Interrupted()
             if now >= next_watch:
-                next_watch = now + WATCH_TICK_S
                 for look, why in ((self.new_processes.settled, "stopped growing"),
                                   (self.new_processes.check, "is new and big enough to balance")):
                     pid = look()
@@ -508,6 +553,7 @@ class Daemon:
                         self.counters["early_passes"] += 1
                         self.budget.cut_pause_short(deadline - time.monotonic())
                         raise _Interrupted()
+                next_watch = now + (WATCH_TICK_S if self.new_processes.watching() else IDLE_WATCH_TICK_S)
 
     def run_pass(self) -> PassReport:
         started = time.monotonic()
@@ -528,7 +574,8 @@ class Daemon:
                 continue
             busy_nodes = self.tasks.busy_thread_nodes(info.key)
             local = next(iter(busy_nodes)) if len(busy_nodes) == 1 else -1
-            mm = self.mm.observe(info, self.budget, local, OFF_NODE_SAMPLES if local >= 0 else 0)
+            mm = self.mm.observe(info, self.budget, local, OFF_NODE_SAMPLES if local >= 0 else 0,
+                                 quiet=info.key in self._quiet)
             cpu.mark("memory")
             if mm is None:
                 continue
@@ -540,11 +587,12 @@ class Daemon:
         with self.lock:
             now = time.monotonic()
             self.stuck_groups = {k: until for k, until in self.stuck_groups.items() if until > now}
+            self.stuck_sources = {k: until for k, until in self.stuck_sources.items() if until > now}
             snapshot, self.groups = self.builder.build(
                 now, procfs.read_uptime(self.files), self.topology, observed, self._affinity,
                 self._owned_affinity, self.config.respect.user_affinity, self.config.respect.user_mempolicy,
-                skip_groups=self.stuck_groups.keys(), regions=self.sampler.regions,
-                region_versions=self.sampler.versions,
+                skip_groups=self.stuck_groups.keys(), skip_sources=self.stuck_sources.keys(),
+                regions=self.sampler.regions, region_versions=self.sampler.versions,
                 node_busy=self._node_busy(), inherited_pin=self._inherited_pin)
             self._not_inherited, self._not_inherited_next = self._not_inherited_next, {}
             cpu.mark("snapshot")
@@ -557,6 +605,7 @@ class Daemon:
                 if not view.mempolicy_known and (view.pid, view.start_time) in voted:
                     self.mm.want_policies(ProcessKey(view.pid, view.start_time))
             self.policy_state = plan.state
+            self._quiet = self._quiet_after(snapshot, plan)
             lines = self.apply(plan)
             self.policy_state = self._deferred_stay_agreed(plan, lines)
         cpu.mark("act")
@@ -571,6 +620,18 @@ class Daemon:
                                     self.sampler.window_left() or 0.0, first_votes, cpu.parts)
         self._pass_cpu_end = time.process_time()
         return self.last_pass
+
+    @staticmethod
+    def _quiet_after(snapshot: Snapshot, plan: Plan) -> set[ProcessKey]:
+        """The processes nothing was voted, planned or done for at this pass, none of them
+        growing: at the next pass one whose threads have stayed put may keep its memory's
+        last scan (MmStatsTable.observe, quiet)."""
+        busy = {key[:2] for key in plan.state.group_target} | {key[:2] for key in plan.state.group_agreed}
+        for action in plan.actions:
+            for one in (action.moves if isinstance(action, ExchangeTasks) else (action,)):
+                busy.add((one.pid, one.start_time))
+        return {ProcessKey(v.pid, v.start_time) for v in snapshot.processes
+                if not v.growing and (v.pid, v.start_time) not in busy}
 
     def _deferred_stay_agreed(self, plan: Plan, lines: list[str]) -> PolicyState:
         """The policy's state for the next pass, with the page groups the rate limit deferred
@@ -748,8 +809,13 @@ class Daemon:
         done: dict[tuple[int, int, int, int], _RunMoves] = {}
 
         def mover(keys: list[tuple[int, int, int, int]]) -> None:
-            with _mover_priority():
-                move(keys)
+            node = self.topology.nodes.get(keys[0][3]) if keys else None
+            with _mover_on(node.cpus if node is not None else ()) as on_node:
+                if on_node:
+                    move(keys)
+                else:
+                    with _mover_priority():
+                        move(keys)
 
         def move(keys: list[tuple[int, int, int, int]]) -> None:
             for key in keys:
@@ -829,6 +895,12 @@ class Daemon:
                 self.stuck_groups[(m.pid, m.start_time, m.group_id)] = time.monotonic() + STUCK_GROUP_RETRY_S
             results[m] = f"{group_result}, {moved} pages moved"
         first = members[0][0]
+        tried, moved = sum(run.tried), sum(run.moved)
+        if run.result.startswith("done") and tried >= STUCK_SOURCE_MIN_TRIED and moved < STUCK_MOVED_SHARE * tried:
+            log.debug("pid %d: %d of %d pages tried on node %d moved: its groups there are left alone for "
+                      "%.0f s", first.pid, moved, tried, first.from_node, STUCK_GROUP_RETRY_S)
+            self.stuck_sources[(first.pid, first.start_time, first.from_node)] = \
+                time.monotonic() + STUCK_GROUP_RETRY_S
         log.debug("pid %d: %d sampled regions now counted on node %d, after the move", first.pid, followed,
                   first.to_node)
         return results

@@ -48,13 +48,14 @@ mappings created since the last read have an unknown (None) policy.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import logging
 import math
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from autonumad.constants import PAGE_SIZE
@@ -70,6 +71,15 @@ TARGET_RESIDENT_SAMPLES = 4096
 INTERLEAVE_PRIMES = (2, 3, 5, 7, 11, 13)   # interleave periods up to 16 nodes sampled evenly
 NUMA_MAPS_PAGES_PER_SAMPLE = 3   # numa_maps walk ~55 ns per resident page, a sample ~180 ns
 EXACT_EVERY_PASSES = 30
+QUIET_CARRY_PASSES = 2
+QUIET_CARRY_S = 60.0
+QUIET_RSS_SHARE = 0.01
+"""A quiet process (the daemon's word: nothing voted, planned or done for it at the last
+pass, its busy threads on one node) whose busy threads are where they were at its last
+scan, and whose RSS changed by at most QUIET_RSS_SHARE since, keeps that scan's snapshot
+for up to QUIET_CARRY_PASSES passes in a row, and QUIET_CARRY_S: its pages do not move by
+themselves (kernel balancing is off), and a settled system's passes cost little more than
+the look at its threads (AutoNUMA's knuma_scand also slows down once nothing is misplaced)."""
 SPECIAL_MAPPINGS = frozenset({"[vsyscall]", "[vvar]", "[vvar_vclock]", "[vdso]", "[uprobes]"})
 KINDS = ("huge", "heap", "stack", "private")   # numastat -p's rows, Total aside
 
@@ -125,6 +135,10 @@ class MmSnapshot:
     sample tells (policy_snapshot.mapping_groups narrows a group's range to them)."""
     node_pages: dict[int, float] = field(default=None)  # type: ignore[assignment]
     """The sum over the mappings, computed when not given."""
+    off_node_shared: frozenset[int] = frozenset()
+    """Of off_node_addrs in private anonymous mappings (when complete), those whose page
+    another process maps too (procfs.pages_exclusive): most often what a forked process
+    still shares with its parent, which migration cannot move."""
 
     def __post_init__(self) -> None:
         if self.node_pages is None:
@@ -344,6 +358,7 @@ def _carried(vmas: Sequence[VmaStats], mappings: Sequence[MapsEntry]
 @dataclass
 class MmCounters:
     processes_scanned: int = 0
+    quiet_carried: int = 0
     exact_reads: int = 0
     gone_mid_scan: int = 0
     access_denied: int = 0
@@ -366,6 +381,9 @@ class _ProcessState:
     carried: tuple[dict[int, VmaStats], list[MapsEntry], float] | None = None
     """For the maps above: the figures kept from the last numa_maps read (by mapping start),
     the mappings sampled instead, and the pages kept."""
+    scanned_rss_pages: int = 0
+    """The process's RSS when the snapshot was taken, and the passes it was kept since (quiet)."""
+    quiet_passes: int = 0
 
 
 class MmStatsTable:
@@ -415,13 +433,44 @@ class MmStatsTable:
         for state in self._state.values():
             state.passes_since_exact += 1
 
+    def _with_shared(self, snapshot: MmSnapshot) -> MmSnapshot:
+        """`snapshot` with off_node_shared found, when it kept every sampled page off its local
+        node (a process settled on one node, a few strays left elsewhere: are they its own?)."""
+        if not snapshot.off_node_complete or not snapshot.off_node_addrs:
+            return snapshot
+        movable = sorted((v.start, v.end) for v in snapshot.vmas if movable_mapping(v.path))
+        starts = [start for start, _ in movable]
+        wanted = []
+        for addr in snapshot.off_node_addrs:
+            i = bisect.bisect_right(starts, addr) - 1
+            if i >= 0 and addr < movable[i][1]:
+                wanted.append(addr)
+        if not wanted:
+            return snapshot
+        try:
+            exclusive = procfs.pages_exclusive(self.files, snapshot.key.pid, wanted)
+        except ProcessGone:
+            raise
+        except OSError as exc:  # refused, or a kernel without pagemap: the strays count as its own
+            log.debug("pid %d: pagemap not read (%s)", snapshot.key.pid, exc)
+            return snapshot
+        return replace(snapshot, off_node_shared=frozenset(a for a, only_ours in exclusive.items() if not only_ours))
+
     def observe(self, process: ProcessInfo, budget: ScanBudget, local_node: int = -1,
-                max_off_node: int = 0) -> MmSnapshot | None:
+                max_off_node: int = 0, quiet: bool = False) -> MmSnapshot | None:
         """Scan one process (numa_maps when its policies are wanted and every
         EXACT_EVERY_PASSES passes after, sampled otherwise), replace its snapshot and return
-        it; None if it went away or refused access (a debug line, nothing else)."""
+        it; None if it went away or refused access (a debug line, nothing else). A `quiet`
+        process may keep its last snapshot instead (QUIET_CARRY_PASSES)."""
         key = process.key
         state = self._state.get(key)
+        if quiet and state is not None and state.snapshot is not None and not state.want_exact \
+                and state.snapshot.local_node == local_node >= 0 and state.quiet_passes < QUIET_CARRY_PASSES \
+                and self.clock() - state.snapshot.taken_at < QUIET_CARRY_S \
+                and abs(process.rss_pages - state.scanned_rss_pages) <= QUIET_RSS_SHARE * state.scanned_rss_pages:
+            state.quiet_passes += 1
+            self.counters.quiet_carried += 1
+            return state.snapshot
         cpu_before = self.cpu_clock()
         try:
             text = procfs.read_maps_text(self.files, key.pid)
@@ -446,9 +495,9 @@ class MmStatsTable:
                 carried, moving, kept_pages = state.carried
                 stride = choose_stride(max(1, process.rss_pages - int(kept_pages)), sum(m.pages for m in moving),
                                        self.pages_to_scan, self.sample_stride_pages, self.n_nodes)
-                state.snapshot = sampled_snapshot(key, mappings, stride, self.scan_ranges, budget, self.rng,
-                                                  self.clock(), state.known, local_node, max_off_node, carried,
-                                                  state.policies_read, state.chosen_policies)
+                state.snapshot = self._with_shared(sampled_snapshot(
+                    key, mappings, stride, self.scan_ranges, budget, self.rng, self.clock(), state.known,
+                    local_node, max_off_node, carried, state.policies_read, state.chosen_policies))
         except ProcessGone:
             log.debug("pid %d (%s) went away during its scan", key.pid, process.comm)
             self.counters.gone_mid_scan += 1
@@ -460,6 +509,7 @@ class MmStatsTable:
             return None
         finally:
             self.counters.scan_cpu_s += self.cpu_clock() - cpu_before
+        state.scanned_rss_pages, state.quiet_passes = process.rss_pages, 0
         self._state[key] = state
         self.counters.processes_scanned += 1
         return state.snapshot

@@ -91,6 +91,7 @@ class SnapshotBuilder:
               list[ThreadStats]]], affinity_of: Callable[[int], frozenset[int] | None],
               owned_affinity: Callable[[ProcessKey, int], frozenset[int] | None], respect_affinity: bool,
               respect_mempolicy: bool, skip_groups: Collection[tuple[int, int, int]] = (),
+              skip_sources: Collection[tuple[int, int, int]] = (),
               regions: Mapping[ProcessKey, Mapping[int, RegionTouches]] | None = None,
               node_busy: Mapping[int, float] | None = None,
               region_versions: Mapping[ProcessKey, int] | None = None,
@@ -145,6 +146,9 @@ class SnapshotBuilder:
             else:
                 self._from_regions.pop(key, None)
                 process_groups = mapping_groups(mm, threads, skip)
+            away = {node for pid, start, node in skip_sources if (pid, start) == (key.pid, key.start_time)}
+            if away:
+                process_groups = {gid: v for gid, v in process_groups.items() if v[0].node not in away}
             page_groups = [g for g, _ in process_groups.values()]
             process_ranges = {gid: r for gid, (_, r) in process_groups.items()}
             groups[(key.pid, key.start_time)] = process_ranges
@@ -189,13 +193,21 @@ def mapping_groups(mm: MmSnapshot, threads: list[ThreadStats],
         for node, count in t.accesses.items():
             if count >= 1:
                 touches_by_node.setdefault(node, {})[t.tid] = int(count)
-    extents = _off_node_extents(mm)
+    samples = _off_node_samples(mm)
+    shared: dict[tuple[int, int], int] = {}
+    if mm.off_node_shared:  # what it shares with another process cannot move: it is not its own to move
+        for k, addrs in samples.items():
+            own = [a for a in addrs if a not in mm.off_node_shared]
+            shared[k] = len(addrs) - len(own)
+            samples[k] = own
+    extents = _off_node_extents({k: v for k, v in samples.items() if v}, mm.stride)
     out = {}
     for vma in mm.vmas:
         if not movable_mapping(vma.path):
             continue
         for node, pages in sorted(vma.node_pages.items()):
             gid = group_id(vma.start, node)
+            pages -= mm.stride * shared.get((vma.start, node), 0)
             if pages >= MIN_GROUP_PAGES and gid not in skip:
                 start, end = extents.get((vma.start, node), (vma.start, vma.end))
                 out[gid] = (PageGroup(gid, node, int(pages), touches_by_node.get(node, {})),
@@ -203,29 +215,34 @@ def mapping_groups(mm: MmSnapshot, threads: list[ThreadStats],
     return out
 
 
-def _off_node_extents(mm: MmSnapshot) -> dict[tuple[int, int], tuple[int, int]]:
-    """(mapping start, node) -> the span of the mapping in which the sample found pages on
-    that node, widened by a stride on each side (between two samples the pages are not
-    seen), when the snapshot kept every sampled page off its local node. A few strays
-    left at one end of a big mapping then cost the mover a walk of that end, not of
-    the whole mapping: most of what a process local at last still has elsewhere."""
+def _off_node_samples(mm: MmSnapshot) -> dict[tuple[int, int], list[int]]:
+    """(mapping start, node) -> the sampled page addresses off the local node in that mapping
+    and on that node, when the snapshot kept them all; else empty."""
     if not mm.off_node_complete or not mm.off_node_addrs:
         return {}
     starts = [v.start for v in mm.vmas]
     order = sorted(range(len(starts)), key=starts.__getitem__)
     sorted_starts = [starts[i] for i in order]
-    margin = mm.stride * PAGE_SIZE
-    spans: dict[tuple[int, int], tuple[int, int]] = {}
+    out: dict[tuple[int, int], list[int]] = {}
     for addr, node in zip(mm.off_node_addrs, mm.off_node_nodes):
         i = bisect.bisect_right(sorted_starts, addr) - 1
         if i < 0:
             continue
         vma = mm.vmas[order[i]]
-        if addr >= vma.end:
-            continue
-        lo, hi = spans.get((vma.start, node), (addr, addr))
-        spans[(vma.start, node)] = (min(lo, addr), max(hi, addr))
-    return {k: (lo - margin, hi + PAGE_SIZE + margin) for k, (lo, hi) in spans.items()}
+        if addr < vma.end:
+            out.setdefault((vma.start, node), []).append(addr)
+    return out
+
+
+def _off_node_extents(samples: Mapping[tuple[int, int], list[int]], stride: int
+                      ) -> dict[tuple[int, int], tuple[int, int]]:
+    """(mapping start, node) -> the span of the mapping in which the sample found pages on
+    that node (`samples`, from _off_node_samples), widened by a stride on each side
+    (between two samples the pages are not seen). A few strays left at one end of a big
+    mapping then cost the mover a walk of that end, not of the whole mapping: most of
+    what a process local at last still has elsewhere."""
+    margin = stride * PAGE_SIZE
+    return {k: (min(addrs) - margin, max(addrs) + PAGE_SIZE + margin) for k, addrs in samples.items()}
 
 
 def region_groups(regions: Mapping[int, RegionTouches], skip: Collection[int]

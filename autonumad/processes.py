@@ -41,11 +41,22 @@ log = logging.getLogger(__name__)
 
 COMM_LEN = 15  # TASK_COMM_LEN - 1: comm is cut to this many characters
 KTHREAD_RECHECK_S = 30.0
+KTHREAD_RECHECK_MAX_S = 300.0
+"""Kernel threads are read again every KTHREAD_RECHECK_S (a PID freed and reused between two
+passes), unless /proc/loadavg's last PID shows the kernel's PID counter has not wrapped
+since the last pass (PIDs are handed out in turn: none can have been reused); then every
+KTHREAD_RECHECK_MAX_S all the same (more PIDs than pid_max handed out between two passes)."""
 NAMES_RECHECK_S = 30.0
 KERNEL_THREAD = "kernel thread"
 HYSTERESIS = 0.5  # an admitted process stays while above this fraction of the thresholds
-LIST_AT_LEAST_S = 5.0
-"""NewProcessWatch lists /proc at least this often, whatever /proc/loadavg says."""
+NEW_REREAD_S = 5.0
+"""NewProcessWatch reads the new PIDs it found too small at least this often (one may grow
+without a PID being handed out)."""
+IDLE_RECHECK_S = 5.0
+"""A process too idle to balance at a pass is read again at the first pass this long
+after: while the daemon passes often (something is misplaced), the idle processes of the
+system cost one read each in this time instead of one a pass. Only while /proc/loadavg's
+last PID shows that no PID was reused since the last pass (as for kernel threads)."""
 YOUNG_S = 120
 """A process started less than this long ago, turned away for its RSS alone, may be a job
 setting up: the pause between passes watches it grow (ProcessDiscovery.young_small_pids)."""
@@ -210,10 +221,14 @@ class ProcessDiscovery:
         status) of a process older than YOUNG_S with no hugetlb memory (at every pass
         otherwise: one setting up may change its uid, hugetlb memory may grow unseen by stat);
         the RSS in between comes from stat: up to three reads fewer per busy process and pass."""
+        self._idle_read_at: dict[int, float] = {}
+        """PIDs found too idle to balance at their last read, and when: read again only
+        IDLE_RECHECK_S later (most processes of a system, idle, cost no read at most passes)."""
         self.kernel_thread_pids: frozenset[int] = frozenset()
-        """PIDs found to be kernel threads: not read again until they leave /proc, or
-        KTHREAD_RECHECK_S passes (a PID freed and reused between two passes)."""
+        """PIDs found to be kernel threads: not read again until they leave /proc, or the
+        recheck (KTHREAD_RECHECK_MAX_S: a PID freed and reused between two passes)."""
         self._kthreads_checked_at = clock()
+        self._last_pid: int | None = None   # procfs.last_pid at the last discovery
         self.seen_pids: set[int] = set()
         self.young_small_pids: frozenset[int] = frozenset()
         """Busy processes started less than YOUNG_S ago that only their RSS kept out (a job
@@ -225,15 +240,30 @@ class ProcessDiscovery:
         seen: dict[ProcessKey, _History] = {}
         known_pids = {key.pid: key for key in self._history}
         admitted: list[ProcessInfo] = []
-        if now - self._kthreads_checked_at >= KTHREAD_RECHECK_S:
+        last_pid = procfs.last_pid(self.files)
+        # no PID handed out since the last discovery can be one freed since (PIDs go in turn)
+        unwrapped = last_pid is not None and self._last_pid is not None and last_pid >= self._last_pid
+        if last_pid is None or self._last_pid is None:
+            recheck = now - self._kthreads_checked_at >= KTHREAD_RECHECK_S
+        else:
+            recheck = not unwrapped or now - self._kthreads_checked_at >= KTHREAD_RECHECK_MAX_S
+        self._last_pid = last_pid
+        if recheck:
             self.kernel_thread_pids, self._kthreads_checked_at = frozenset(), now
         kthreads: set[int] = set()
         young_small: set[int] = set()
+        idle_read_at: dict[int, float] = {}
         for pid in procfs.list_pids(self.files):
             if pid == self.own_pid:
                 continue
             if pid in self.kernel_thread_pids:
                 kthreads.add(pid)
+                continue
+            read_at = self._idle_read_at.get(pid)
+            if read_at is not None and now - read_at < IDLE_RECHECK_S and unwrapped:
+                key = known_pids[pid]
+                seen[key] = self._history[key]  # its CPU use is measured from that read on
+                idle_read_at[pid] = read_at
                 continue
             try:
                 info = self._read_process(pid, now, uptime_ticks)
@@ -253,6 +283,7 @@ class ProcessDiscovery:
                 continue
             if isinstance(info, _Idle):
                 seen[info.key] = _History(info.cpu_ticks, now)
+                idle_read_at[pid] = now
                 if info.key in self._admitted:
                     log.debug("pid %d (%s) no longer balanced: %s", pid, info.comm, info.reason)
                 continue
@@ -270,6 +301,7 @@ class ProcessDiscovery:
                     and self.filter.rejection(info, any_rss=True) is None:
                 young_small.add(pid)
         self._history = seen
+        self._idle_read_at = idle_read_at
         self._names = {k: v for k, v in self._names.items() if k in seen}
         self.kernel_thread_pids = frozenset(kthreads)
         self.seen_pids = {key.pid for key in seen}
@@ -350,13 +382,14 @@ class NewProcessWatch:
 
     The daemon sleeps up to `scan_sleep_pass_millisecs` once the system has settled;
     a job that starts meanwhile would wait out that sleep before its first look. Every
-    half second of the sleep (daemon.WATCH_TICK_S) the daemon calls `check`, which lists
-    /proc and reads the stat file of PIDs the last pass did not see (at most `max_reads`
-    a call, so process churn costs little), and answers the first one whose RSS reached `min_rss_kb` and
-    has settled (changed by at most RSS_SETTLED since the previous call); the daemon
-    then starts its next pass at once. Kernel threads, zombies and
+    half second of the sleep while a new PID grows (daemon.WATCH_TICK_S; every second
+    otherwise) the daemon calls `check`, which lists /proc when a PID was handed out
+    and reads the stat file of PIDs the last pass did not see (at most `max_reads` a
+    call, so process churn costs little), and answers the first one whose RSS reached
+    `min_rss_kb` and has settled (changed by at most RSS_SETTLED since the previous
+    call); the daemon then starts its next pass at once. Kernel threads, zombies and
     processes it may not read are not read again; small new ones are read again on
-    later calls, since a job grows while it starts.
+    later calls (NEW_REREAD_S), since a job grows while it starts.
     """
 
     def __init__(self, files: KernelFiles, min_rss_kb: int, own_pid: int | None = None,
@@ -371,8 +404,8 @@ class NewProcessWatch:
         self._growing: dict[int, int | None] = {}  # PIDs growing at the last pass: RSS at the previous look
         self._answered: set[int] = set()           # of them, those `settled` answered already
         self._last_pid: int | None = None          # procfs.last_pid at the previous check
-        self._listed_at = float("-inf")            # when check last listed /proc
-        self._pending = False                      # a new PID read at the last listing was growing
+        self._reread_at = float("-inf")            # when check last read every new PID it knows
+        self._growing_new: set[int] = set()        # new PIDs growing (or just seen) at their last read
 
     def reset(self, known_pids: set[int], growing: Iterable[int] = ()) -> None:
         """After a pass: the PIDs it saw, and those of them still growing, whose memory gets
@@ -380,10 +413,15 @@ class NewProcessWatch:
         self._known = set(known_pids)
         self._ignored.clear()
         self._rss_kb.clear()
+        self._growing_new.clear()
         growing = set(growing)
         self._answered &= growing  # a process answered once and still growing waits for the passes
         self._growing = {pid: None for pid in growing - self._answered}
         self._last_pid = None
+
+    def watching(self) -> bool:
+        """Whether a PID is being watched grow (a new one, or one growing at the last pass)."""
+        return bool(self._growing or self._growing_new)
 
     def settled(self) -> int | None:
         """A PID of those growing at the last pass whose RSS has held steady (changed by at
@@ -408,34 +446,50 @@ class NewProcessWatch:
         return None
 
     def check(self) -> int | None:
-        """A new PID big enough to balance now, or None. Nothing is listed while no PID was
-        handed out since the last call and no new process is still growing (most calls)."""
+        """A new PID big enough to balance now, or None. /proc is listed only when a PID was
+        handed out since the last listing (at every call where /proc/loadavg cannot say); in
+        between, only the new PIDs still growing at their last read are read again, and every
+        NEW_REREAD_S all the new ones it knows (most calls read nothing)."""
         last = procfs.last_pid(self.files)
         now = time.monotonic()
-        if last is not None and last == self._last_pid and not self._pending \
-                and now - self._listed_at < LIST_AT_LEAST_S:
-            return None
-        self._last_pid, self._listed_at, self._pending = last, now, False
-        reads = 0
+        if last is not None and last == self._last_pid:
+            if now - self._reread_at < NEW_REREAD_S:
+                return self._look_at(sorted(self._growing_new))
+            self._reread_at = now
+            return self._look_at(sorted(p for p in self._rss_kb if p not in self._ignored)[:self.max_reads])
+        self._last_pid = last
+        new = []
         for pid in procfs.list_pids(self.files):
-            if pid in self._known or pid in self._ignored or pid == self.own_pid:
-                continue
-            if reads >= self.max_reads:
+            if pid in self._known or pid in self._ignored or pid in self._rss_kb or pid == self.own_pid:
+                continue   # (the new PIDs read before: those growing are read below, the rest in turn)
+            if len(new) >= self.max_reads:
                 self._last_pid = None  # the rest next time, whether or not a PID comes meanwhile
                 break
-            reads += 1
+            new.append(pid)
+        return self._look_at(new + sorted(self._growing_new))
+
+    def _look_at(self, pids: list[int]) -> int | None:
+        """Read the stat files of new `pids`: the first whose RSS reached min_rss_kb and held
+        steady since its previous read, or None."""
+        for pid in pids:
             try:
                 stat = procfs.read_stat(self.files, pid)
             except (ProcessGone, AccessDenied, ValueError):
                 self._ignored.add(pid)
+                self._growing_new.discard(pid)
                 continue
             if stat.is_kernel_thread or stat.state in ("Z", "X"):
                 self._ignored.add(pid)
+                self._growing_new.discard(pid)
                 continue
             rss_kb = stat.rss_pages * PAGE_KB
             before, self._rss_kb[pid] = self._rss_kb.get(pid), rss_kb
             steady = before is not None and abs(rss_kb - before) <= rss_kb * RSS_SETTLED
             if rss_kb >= self.min_rss_kb and steady:
+                self._growing_new.discard(pid)
                 return pid
-            self._pending = self._pending or not steady  # still growing (or just seen): look again
+            if steady:
+                self._growing_new.discard(pid)   # small and steady: looked at again at a listing
+            else:
+                self._growing_new.add(pid)       # still growing (or just seen): look again
         return None

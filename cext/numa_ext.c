@@ -99,16 +99,39 @@ int ane_move_pages(int pid, const uint64_t *addrs, int64_t count,
     return 0;
 }
 
-/* Move the batch of candidates (pages found on from_node) and book the outcome. */
-static int move_candidates(int pid, void **pages, const int64_t *cand_range, int64_t n, int to_node,
-                           int flags, struct ane_range_moves *pos, int64_t *tried, int64_t *moved,
+/* Pages of a transparent huge page, and its size: the kernel moves a THP whole
+ * when asked for any one of its pages, so a run of HPAGE_PAGES candidates that
+ * starts at an aligned address is first moved by its first page alone. */
+#define HPAGE_PAGES 512
+
+static uint64_t hpage_size(void)
+{
+    return HPAGE_PAGES * page_size();
+}
+
+/* Book the outcome of candidate i (status st). */
+static void book_candidate(void **pages, const int64_t *cand_range, int64_t i, int st, int to_node,
+                           struct ane_range_moves *pos, int64_t *tried, int64_t *moved,
                            int64_t *status_counts, int n_status_counts, uint64_t *moved_addrs)
 {
-    int nodes[BATCH_PAGES], status[BATCH_PAGES], now[BATCH_PAGES];
+    tried[cand_range[i]]++;
+    pos->tried++;
+    if (st == to_node) {
+        moved[cand_range[i]]++;
+        moved_addrs[pos->moved++] = (uint64_t)(uintptr_t)pages[i];
+    } else if (st < 0) {
+        int e = -st;
+        status_counts[e < n_status_counts ? e : 0]++;
+    }
+}
+
+/* move_pages for n pages to to_node; status[] filled in for every page (where the
+ * kernel stopped part-way, the rest are queried). */
+static int move_to_node(int pid, void **pages, int64_t n, int to_node, int flags, int *status)
+{
+    int nodes[BATCH_PAGES], now[BATCH_PAGES];
     long rc;
 
-    if (n == 0)
-        return 0;
     for (int64_t i = 0; i < n; i++) {
         nodes[i] = to_node;
         status[i] = STATUS_UNSET;
@@ -116,25 +139,103 @@ static int move_candidates(int pid, void **pages, const int64_t *cand_range, int
     rc = numa_move_pages(pid, (unsigned long)n, pages, nodes, status, flags);
     if (rc < 0)
         return -errno;
+    for (int64_t i = 0; i < n && rc == 0; i++)
+        if (status[i] == -EBUSY)
+            rc = 1;
     if (rc > 0) {
-        /* The kernel stopped part-way: where are the pages it left unset? */
+        /* The kernel stopped part-way (where are the pages it left unset?), or found
+         * a page busy: the second page of a THP it was moving whole is (the others
+         * it finds moved), so that one counts where it went too */
         if (numa_move_pages(pid, (unsigned long)n, pages, NULL, now, 0) < 0)
             return -errno;
         for (int64_t i = 0; i < n; i++)
-            if (status[i] == STATUS_UNSET)
+            if (status[i] == STATUS_UNSET || (status[i] == -EBUSY && now[i] == to_node))
                 status[i] = now[i];
     }
-    for (int64_t i = 0; i < n; i++) {
-        tried[cand_range[i]]++;
-        pos->tried++;
-        if (status[i] == to_node) {
-            moved[cand_range[i]]++;
-            moved_addrs[pos->moved++] = (uint64_t)(uintptr_t)pages[i];
-        } else if (status[i] < 0) {
-            int e = -status[i];
-            status_counts[e < n_status_counts ? e : 0]++;
-        }
+    return 0;
+}
+
+/* Move the batch of candidates (pages found on from_node) and book the outcome.
+ * While *huge, runs of HPAGE_PAGES contiguous candidates from an aligned address
+ * go first by their first page: where that was a THP its other pages are then
+ * found on to_node by a status query (a few microseconds a page, where moving
+ * each costs the kernel a page-table walk and a failed isolation of the same huge
+ * page). A first run whose other pages did not follow (4 KiB pages) clears *huge:
+ * each move_pages call costs the kernel a drain of every CPU's LRU caches, and
+ * 4 KiB pages gain nothing from going in two. */
+static int move_candidates(int pid, void **pages, const int64_t *cand_range, int64_t n, int to_node,
+                           int flags, struct ane_range_moves *pos, int64_t *tried, int64_t *moved,
+                           int64_t *status_counts, int n_status_counts, uint64_t *moved_addrs, int *huge)
+{
+    void *heads[BATCH_PAGES / HPAGE_PAGES + 1], *rest[BATCH_PAGES], *followers[BATCH_PAGES];
+    int64_t head_at[BATCH_PAGES / HPAGE_PAGES + 1], rest_at[BATCH_PAGES], follower_at[BATCH_PAGES];
+    int status[BATCH_PAGES], where[BATCH_PAGES];
+    uint64_t psz = page_size(), hsz = hpage_size();
+    int64_t n_heads = 0, n_rest = 0;
+    int rc;
+
+    if (n == 0)
+        return 0;
+    for (int64_t i = 0; *huge && i + HPAGE_PAGES <= n; i++) {
+        uint64_t a = (uint64_t)(uintptr_t)pages[i];
+        if (a % hsz != 0 || (uint64_t)(uintptr_t)pages[i + HPAGE_PAGES - 1] != a + (HPAGE_PAGES - 1) * psz)
+            continue;
+        head_at[n_heads] = i;
+        heads[n_heads++] = pages[i];
+        i += HPAGE_PAGES - 1;
     }
+    if (n_heads > 0) {
+        int64_t h = 0;
+
+        rc = move_to_node(pid, heads, n_heads, to_node, flags, status);
+        if (rc < 0)
+            return rc;
+        /* the pages of each head's run that moved: where are they now? */
+        for (int64_t k = 0; k < n_heads; k++) {
+            book_candidate(pages, cand_range, head_at[k], status[k], to_node, pos, tried, moved,
+                           status_counts, n_status_counts, moved_addrs);
+            if (status[k] != to_node)
+                continue;
+            for (int64_t j = 1; j < HPAGE_PAGES; j++) {
+                follower_at[h] = head_at[k] + j;
+                followers[h++] = pages[head_at[k] + j];
+            }
+        }
+        if (h > 0 && numa_move_pages(pid, (unsigned long)h, followers, NULL, where, 0) < 0)
+            return -errno;
+        if (h > 0 && where[0] != to_node)
+            *huge = 0;   /* 4 KiB pages: the rest of this call moves them as they come */
+        /* followers found on to_node moved with their head; the others are moved below */
+        for (int64_t i = 0, k = 0, r = 0; i < n; i++) {
+            if (k < n_heads && i == head_at[k]) {
+                k++;
+                continue;
+            }
+            if (r < h && follower_at[r] == i) {
+                if (where[r++] == to_node) {
+                    book_candidate(pages, cand_range, i, to_node, to_node, pos, tried, moved,
+                                   status_counts, n_status_counts, moved_addrs);
+                    continue;
+                }
+            }
+            rest_at[n_rest] = i;
+            rest[n_rest++] = pages[i];
+        }
+    } else {
+        for (int64_t i = 0; i < n; i++) {
+            rest_at[i] = i;
+            rest[i] = pages[i];
+        }
+        n_rest = n;
+    }
+    if (n_rest == 0)
+        return 0;
+    rc = move_to_node(pid, rest, n_rest, to_node, flags, status);
+    if (rc < 0)
+        return rc;
+    for (int64_t i = 0; i < n_rest; i++)
+        book_candidate(pages, cand_range, rest_at[i], status[i], to_node, pos, tried, moved,
+                       status_counts, n_status_counts, moved_addrs);
     return 0;
 }
 
@@ -147,8 +248,9 @@ int ane_move_ranges(int pid, const uint64_t *starts, const uint64_t *ends, int64
     int64_t cand_range[BATCH_PAGES];
     int where[BATCH_PAGES];
     int flags = move_all ? MPOL_MF_MOVE_ALL : MPOL_MF_MOVE;
-    uint64_t psz = page_size();
-    int64_t n_cand = 0, taken = 0;
+    uint64_t psz = page_size(), hsz = hpage_size();
+    int64_t n_cand = 0, taken = 0, found;
+    int huge = 1;   /* move_candidates: runs tried by their first page (until one was no THP) */
     int rc;
 
     pos->tried = 0;
@@ -166,10 +268,25 @@ int ane_move_ranges(int pid, const uint64_t *starts, const uint64_t *ends, int64
             pos->addr = 0;
             continue;
         }
+        /* batches end on huge page boundaries, and a batch's candidates go to the
+         * kernel together (those of several batches too, as long as they fit): a
+         * THP's run of candidates is cut in two only by the end of a grant */
+        if (n == BATCH_PAGES && (addr + n * psz) % hsz != 0 && (addr + n * psz) / hsz * hsz > addr)
+            n = (int64_t)(((addr + n * psz) / hsz * hsz - addr) / psz);
         for (int64_t i = 0; i < n; i++)
             query[i] = (void *)(uintptr_t)(addr + i * psz);
         if (numa_move_pages(pid, (unsigned long)n, query, NULL, where, 0) < 0)
             return -errno;
+        found = 0;
+        for (int64_t i = 0; i < n && found < limit - taken; i++)
+            found += where[i] == from_node;
+        if (n_cand + found > BATCH_PAGES) {
+            rc = move_candidates(pid, cand, cand_range, n_cand, to_node, flags, pos, tried, moved,
+                                 status_counts, n_status_counts, moved_addrs, &huge);
+            if (rc < 0)
+                return rc;
+            n_cand = 0;
+        }
         pos->addr = addr + n * psz;
         for (int64_t i = 0; i < n; i++) {
             if (where[i] != from_node)
@@ -183,7 +300,7 @@ int ane_move_ranges(int pid, const uint64_t *starts, const uint64_t *ends, int64
             taken++;
             if (n_cand == BATCH_PAGES) {
                 rc = move_candidates(pid, cand, cand_range, n_cand, to_node, flags, pos, tried, moved,
-                                     status_counts, n_status_counts, moved_addrs);
+                                     status_counts, n_status_counts, moved_addrs, &huge);
                 if (rc < 0)
                     return rc;
                 n_cand = 0;
@@ -195,7 +312,7 @@ int ane_move_ranges(int pid, const uint64_t *starts, const uint64_t *ends, int64
         }
     }
     return move_candidates(pid, cand, cand_range, n_cand, to_node, flags, pos, tried, moved,
-                           status_counts, n_status_counts, moved_addrs);
+                           status_counts, n_status_counts, moved_addrs, &huge);
 }
 
 static int valid_node(int node)

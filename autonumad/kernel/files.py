@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
@@ -72,6 +73,17 @@ class KernelFiles:
         try:
             with open(fd, "rb", closefd=False) as f:
                 return f.read()
+        except OSError as exc:
+            raise map_os_error(exc) from None
+        finally:
+            os.close(fd)
+
+    def read_spans(self, rel: str, spans: Sequence[tuple[int, int]]) -> list[bytes]:
+        """The bytes at each (offset, length) of kernel file `rel`, read through one
+        descriptor (pread): for files read by position, such as /proc/PID/pagemap."""
+        fd = self._open(rel, os.O_RDONLY)
+        try:
+            return [os.pread(fd, length, offset) for offset, length in spans]
         except OSError as exc:
             raise map_os_error(exc) from None
         finally:

@@ -87,6 +87,21 @@ def test_a_group_most_of_whose_pages_are_refused_is_set_aside_too(tmp_path):
     assert (10, 77, 1) in d.stuck_groups and (10, 77, 2) not in d.stuck_groups
 
 
+def test_a_run_most_of_whose_pages_are_refused_sets_the_process_s_groups_on_that_node_aside(tmp_path):
+    from autonumad.daemon import STUCK_SOURCE_MIN_TRIED
+    d = make_daemon(tmp_path)
+    shared = set(range(REGION, REGION + 500 * PAGE, PAGE)) | set(range(2 * REGION, 2 * REGION + 100 * PAGE, PAGE))
+    d.actuator.ops = FakeOps(refuse=shared)                      # shared with its parent since a fork
+    d.groups = {(10, 77): {1: GroupRange(REGION, 2 * REGION, 1), 2: GroupRange(2 * REGION, 2 * REGION + 120 * PAGE, 1)},
+                (11, 77): {3: GroupRange(3 * REGION, 3 * REGION + 40 * PAGE, 1)}}
+    d.actuator.ops.refuse |= set(range(3 * REGION, 3 * REGION + 40 * PAGE, PAGE))
+    lines = d.apply(Plan((migration(1), migration(2), migration(3, pid=11)), d.policy_state))
+    assert [line.rsplit("[", 1)[1] for line in lines] == [
+        "done, 12 pages moved]", "done, 20 pages moved]", "done, 0 pages moved]"]
+    assert (10, 77, 1) in d.stuck_sources                      # 32 of 632 moved: node 1's groups wait
+    assert 40 < STUCK_SOURCE_MIN_TRIED and (11, 77, 1) not in d.stuck_sources   # too few tried to tell
+
+
 def test_a_group_with_nothing_left_on_its_node_is_done_and_its_regions_follow(tmp_path):
     from autonumad.processes import ProcessKey
     from autonumad.task_stats import RegionTouches
@@ -179,6 +194,7 @@ def test_a_misplacement_nothing_can_be_done_about_is_looked_at_less_and_less_oft
 def test_movers_run_at_mover_nice_then_go_back_and_move_anyway_without_the_privilege(tmp_path, monkeypatch):
     from autonumad import daemon as daemon_module
     from autonumad.kernel import sched
+    monkeypatch.setattr(sched, "set_affinity", lambda tid, cpus: (_ for _ in ()).throw(PermissionError(1, "no")))
     nice = {}                                    # per thread, starting at 0
     seen = []
 
@@ -209,6 +225,55 @@ def test_movers_run_at_mover_nice_then_go_back_and_move_anyway_without_the_privi
     assert nice[threading.get_native_id()] == 0  # the main thread moved one run: back at its nice
 
 
+def test_movers_run_on_the_cpus_of_the_node_they_move_pages_to_then_on_their_own(tmp_path, monkeypatch):
+    from autonumad import daemon as daemon_module
+    from autonumad.kernel import sched
+    affinity = {}                                # per thread, starting with all four CPUs
+    seen = []
+    nice, nices = {}, []
+    monkeypatch.setattr(sched, "own_nice", lambda: nice.get(threading.get_native_id(), 0))
+    monkeypatch.setattr(sched, "set_own_nice", lambda value: nice.__setitem__(threading.get_native_id(), value))
+
+    def set_affinity(tid, cpus):
+        assert tid == 0
+        if refuse:
+            raise PermissionError(1, "Operation not permitted")
+        affinity[threading.get_native_id()] = frozenset(cpus)
+
+    monkeypatch.setattr(sched, "get_affinity", lambda tid: affinity.get(threading.get_native_id(),
+                                                                         frozenset({0, 1, 2, 3})))
+    monkeypatch.setattr(sched, "set_affinity", set_affinity)
+    for refuse in (False, True):
+        d = make_daemon(tmp_path / str(refuse))
+        ops = FakeOps()
+        real = ops.move_ranges
+
+        def move_ranges(pid, ranges, from_node, to_node, limit, resume):
+            seen.append((refuse, to_node, sched.get_affinity(0)))
+            nices.append((refuse, sched.own_nice()))
+            return real(pid, ranges, from_node, to_node, limit, resume)
+
+        ops.move_ranges = move_ranges
+        d.actuator.ops = ops
+        d.groups = {(10, 77): {1: GroupRange(REGION, 2 * REGION, 1), 2: GroupRange(2 * REGION, 3 * REGION, 0)}}
+        lines = d.apply(Plan((migration(1, 1, 0), migration(2, 0, 1)), d.policy_state))
+        assert all(line.endswith("[done, 512 pages moved]") for line in lines)
+    cpus = {n: frozenset(d.topology.nodes[n].cpus) for n in (0, 1)}
+    assert {(to, cpus_now) for refused, to, cpus_now in seen if not refused} == {(0, cpus[0]), (1, cpus[1])}
+    assert {nice for refused, nice in nices if not refused} == {0}    # on the node: the daemon's own nice
+    assert {nice for refused, nice in nices if refused} == {daemon_module.MOVER_NICE}   # elsewhere: higher
+    assert {cpus_now for refused, _, cpus_now in seen if refused} == {frozenset({0, 1, 2, 3})}  # moved anyway
+    assert affinity[threading.get_native_id()] == frozenset({0, 1, 2, 3})  # the main thread's are back
+    # a daemon allowed only node 0's CPUs (taskset, a cpuset): its mover for node 0 is there already
+    from autonumad.daemon import _mover_on
+    affinity[threading.get_native_id()] = cpus[0]
+    refuse = False
+    with _mover_on(cpus[0]) as on_node:
+        assert on_node and sched.get_affinity(0) == cpus[0]
+    with _mover_on(cpus[1]) as on_node:
+        assert not on_node and sched.get_affinity(0) == cpus[0]
+
+
 def test_once_settled_passes_come_twice_as_far_apart_up_to_the_max_and_windows_with_them(tmp_path):
     from autonumad.daemon import REARM_AFTER_S, PassReport
     d = make_daemon(tmp_path)                                   # 10 s, up to 60 s
@@ -228,3 +293,17 @@ def test_once_settled_passes_come_twice_as_far_apart_up_to_the_max_and_windows_w
     assert d._pass_interval_ms() == 10000
     d.config = replace(d.config, scan=replace(d.config.scan, scan_sleep_pass_max_millisecs=5000))
     assert d._pass_interval_ms() == 10000                       # never below the base
+
+
+def test_quiet_processes_are_those_nothing_was_voted_planned_or_done_for():
+    from types import SimpleNamespace
+    from autonumad.daemon import Daemon
+    from autonumad.plan import ExchangeTasks, MoveTask, PolicyState
+    from autonumad.processes import ProcessKey
+    views = [SimpleNamespace(pid=pid, start_time=77, growing=pid == 15) for pid in range(10, 17)]
+    move = lambda pid: MoveTask(pid, 77, pid, "app", 0, 1, "")
+    state = PolicyState(group_target={(11, 77, 3): 0}, group_agreed={(12, 77, 4): 1})
+    plan = Plan((migration(5, pid=13), move(14), ExchangeTasks((move(16), move(10)), "")), state)
+    assert Daemon._quiet_after(SimpleNamespace(processes=views), plan) == set()   # 15 grows
+    assert Daemon._quiet_after(SimpleNamespace(processes=views), Plan((), PolicyState())) == {
+        ProcessKey(pid, 77) for pid in (10, 11, 12, 13, 14, 16)}

@@ -383,6 +383,57 @@ def test_numa_maps_is_read_again_every_so_many_passes():
     assert not any(exact[1:mm_stats.EXACT_EVERY_PASSES]) and not exact[-1]
 
 
+def test_a_quiet_process_keeps_its_last_scan_a_few_passes_while_its_threads_and_rss_stay():
+    files = KernelFiles(VM_TREE)
+    memory = FakeMemory(lambda addr: 0)
+    now = [100.0]
+    table = MmStatsTable(files, scan_ranges=memory.scan_ranges, clock=lambda: now[0])
+    scanned = []
+
+    def observe(rss=9768, local=0, quiet=True):
+        calls = len(memory.calls)
+        snapshot = table.observe(process(rss), budget(), local, quiet=quiet)
+        table.end_pass()
+        now[0] += 1.0
+        scanned.append(len(memory.calls) > calls)
+        return snapshot
+
+    first = observe(quiet=False)
+    assert observe() is first and observe() is first                # kept twice in a row...
+    assert observe() is not first                                    # ...then scanned again
+    observe(quiet=False)                                             # not quiet: scanned
+    observe(local=1)                                                 # its threads moved: scanned
+    observe(local=1, rss=9768 + 200)                                 # RSS changed 2%: scanned
+    assert observe(local=1, rss=9768 + 250) is table.get(KEY)        # 0.5% more: kept
+    observe(local=-1)                                                # threads on two nodes: scanned
+    assert scanned == [True, False, False, True, True, True, True, False, True]
+    assert table.counters.quiet_carried == 3
+    observe(quiet=False)
+    now[0] += mm_stats.QUIET_CARRY_S
+    observe()
+    assert scanned[-2:] == [True, True]                              # the last scan is too old: scanned
+
+
+def test_strays_of_a_process_settled_on_one_node_are_told_apart_by_whether_another_process_maps_them(tmp_path):
+    import shutil
+    shutil.copytree(VM_TREE, tmp_path / "tree", symlinks=True)
+    files = KernelFiles(str(tmp_path / "tree"))
+    heap = next(m for m in procfs.read_maps(files, MIXED) if m.path == "[heap]")
+    half = heap.start + (heap.end - heap.start) // 2
+    memory = FakeMemory(lambda addr: 1 if heap.start <= addr < heap.end else 0)   # its heap sits on node 1
+    with open(tmp_path / "tree" / "proc" / str(MIXED) / "pagemap", "wb") as f:   # its first half shared
+        for addr in range(heap.start, heap.end, PAGE):
+            f.seek(addr // PAGE * procfs.PAGEMAP_ENTRY)
+            entry = procfs.PAGEMAP_PRESENT | (procfs.PAGEMAP_EXCLUSIVE if addr >= half else 0)
+            f.write(entry.to_bytes(procfs.PAGEMAP_ENTRY, "little"))
+    table = MmStatsTable(files, scan_ranges=memory.scan_ranges, seed=3)
+    snap = table.observe(process(9768), budget(), local_node=0, max_off_node=100_000)
+    strays = [a for a, n in zip(snap.off_node_addrs, snap.off_node_nodes) if n == 1]
+    assert snap.off_node_complete and strays
+    assert snap.off_node_shared == frozenset(a for a in strays if a < half)
+    assert table.observe(process(9768), budget(), local_node=-1).off_node_shared == frozenset()  # spread: not looked
+
+
 def test_process_exiting_mid_scan_is_a_debug_line_only(caplog):
     files = KernelFiles(VM_TREE)
 

@@ -135,10 +135,31 @@ def test_a_group_range_narrows_to_where_the_sample_found_its_pages_when_it_kept_
     assert narrow[group_id(HEAP, 1)][1] == GroupRange(HEAP, HEAP + (64 << 20), 1)  # the local node's: untouched
 
 
+def test_sampled_strays_another_process_maps_too_are_not_the_group_s_to_move():
+    own, shared = HEAP + (10 << 20), (HEAP + (40 << 20), HEAP + (41 << 20))   # shared since a fork, say
+    base = replace(mm(), stride=100, local_node=1, off_node_addrs=(own, *shared), off_node_nodes=(0, 0, 0),
+                   off_node_complete=True)
+    assert mapping_groups(base, [], ())[group_id(HEAP, 0)][0].pages == 1000
+    groups = mapping_groups(replace(base, off_node_shared=frozenset(shared)), [], ())
+    group, span = groups[group_id(HEAP, 0)]
+    assert group.pages == 1000 - 2 * 100                                        # two samples of 100 pages each
+    assert span == GroupRange(own - 100 * 4096, own + 101 * 4096, 0)            # narrowed to its own pages
+    all_shared = replace(base, off_node_addrs=shared, off_node_nodes=(0, 0), off_node_shared=frozenset(shared))
+    assert mapping_groups(replace(all_shared, vmas=(replace(base.vmas[0], node_pages={0: 200.0, 1: 15000.0}),)),
+                          [], ()).keys() == {group_id(HEAP, 1)}                 # nothing of its own left there
+
+
 def test_groups_found_unmovable_are_left_out():
     snap, _ = build(SnapshotBuilder(), 1.0, [thread(101, 0)],
                     skip_groups={(KEY.pid, KEY.start_time, group_id(HEAP, 1))})
     assert {g.id for g in snap.processes[0].page_groups} == {group_id(HEAP, 0)}
+
+
+def test_a_node_whose_pages_of_the_process_were_found_unmovable_has_its_groups_left_out():
+    snap, groups = build(SnapshotBuilder(), 1.0, [thread(101, 0)], skip_sources={(KEY.pid, KEY.start_time, 1)})
+    assert {g.id for g in snap.processes[0].page_groups} == {group_id(HEAP, 0)}
+    assert set(groups[(KEY.pid, KEY.start_time)]) == {group_id(HEAP, 0)}
+    assert snap.processes[0].node_pages.get(1)              # its pages there still count where they are
 
 
 def test_sampled_writes_make_region_groups_with_their_writers():

@@ -51,6 +51,14 @@ def set_uptime(tree, seconds):
     (tree / "proc" / "uptime").write_text(f"{seconds:.2f} 1.00\n")
 
 
+def stat_reads(monkeypatch):
+    """The PIDs whose stat file is read from now on, in order."""
+    reads = []
+    real = procfs.read_stat
+    monkeypatch.setattr(procfs, "read_stat", lambda f, pid: reads.append(pid) or real(f, pid))
+    return reads
+
+
 def info(**overrides):
     values = dict(key=ProcessKey(10, 5), comm="worker", exe_name="worker", uid=1000, user="alice",
                   rss_kb=512 * 1024, num_threads=4, cpu_ticks=100, cpu_percent=50.0, cgroup="/system.slice/db.service")
@@ -177,14 +185,43 @@ def test_a_process_too_idle_to_balance_costs_only_its_stat_file(tree, monkeypatc
     assert discovery.seen_pids >= set(USER_PIDS)
 
 
+def test_an_idle_process_is_read_again_only_after_the_idle_recheck_interval(tree, monkeypatch):
+    from autonumad.processes import IDLE_RECHECK_S
+    clock = Clock()
+    files = KernelFiles(str(tree))
+    last_pid = [500]                                  # no PID reused: as /proc/loadavg tells
+    monkeypatch.setattr(procfs, "last_pid", lambda f: last_pid[0])
+    discovery = ProcessDiscovery(files, ProcessFilter(min_cpu_percent=1.0), clock=clock, own_pid=NOT_US)
+    discovery.discover()
+    clock.now += 1.0
+    assert MIXED not in {p.pid for p in discovery.discover().processes}   # idle over that second
+    stat = procfs.read_stat(files, MIXED)
+    reads = stat_reads(monkeypatch)
+    set_stat_fields(tree, MIXED, f14=stat.utime_ticks + procfs.CLOCK_TICKS)  # busy from now on: 1 s of CPU
+    clock.now += IDLE_RECHECK_S / 2
+    d = discovery.discover()
+    assert MIXED not in reads and MIXED not in {p.pid for p in d.processes} and MIXED in discovery.seen_pids
+    clock.now += IDLE_RECHECK_S / 2
+    d = discovery.discover()
+    mixed = [p for p in d.processes if p.pid == MIXED]
+    assert MIXED in reads and mixed   # read again, its CPU use counted since its last read: 1 s in 5 s
+    assert mixed[0].cpu_percent == pytest.approx(100.0 / IDLE_RECHECK_S)
+    idle = [p for p in USER_PIDS if p not in {q.pid for q in d.processes}]
+    clock.now += 1.0
+    discovery.discover()
+    reads.clear()
+    last_pid[0] = 20                                  # the PID counter wrapped: an idle PID may be new
+    clock.now += 1.0
+    discovery.discover()
+    assert idle and set(idle) <= set(reads)
+
+
 def test_kernel_threads_are_read_once_then_again_only_after_the_recheck_interval(tree, monkeypatch):
     from autonumad.processes import KTHREAD_RECHECK_S
     clock = Clock()
     files = KernelFiles(str(tree))
     discovery = ProcessDiscovery(files, ProcessFilter(), clock=clock, own_pid=NOT_US)
-    reads = []
-    real = procfs.read_stat
-    monkeypatch.setattr(procfs, "read_stat", lambda f, pid: reads.append(pid) or real(f, pid))
+    reads = stat_reads(monkeypatch)
     kthread = PIDS["kthread"]
     discovery.discover()
     clock.now += 1
@@ -193,6 +230,30 @@ def test_kernel_threads_are_read_once_then_again_only_after_the_recheck_interval
     clock.now += KTHREAD_RECHECK_S
     discovery.discover()
     assert reads.count(kthread) == 2
+
+
+def test_kernel_threads_are_not_read_again_while_the_pid_counter_has_not_wrapped(tree, monkeypatch):
+    from autonumad.processes import KTHREAD_RECHECK_MAX_S, KTHREAD_RECHECK_S
+    clock = Clock()
+    files = KernelFiles(str(tree))
+    discovery = ProcessDiscovery(files, ProcessFilter(), clock=clock, own_pid=NOT_US)
+    reads = stat_reads(monkeypatch)
+    last_pid = [500]
+    monkeypatch.setattr(procfs, "last_pid", lambda f: last_pid[0])
+    kthread = PIDS["kthread"]
+    discovery.discover()
+    for handed_out in (100, 2000, 30):                 # new PIDs, none reused: not read again
+        clock.now += KTHREAD_RECHECK_S
+        last_pid[0] += handed_out
+        discovery.discover()
+    assert reads.count(kthread) == 1
+    last_pid[0] = 300                                  # wrapped: a freed PID may be a new process's
+    clock.now += 1
+    discovery.discover()
+    assert reads.count(kthread) == 2
+    clock.now += KTHREAD_RECHECK_MAX_S                 # more than pid_max handed out, it may be
+    discovery.discover()
+    assert reads.count(kthread) == 3
 
 
 def test_patterns_glob_and_regex_in_full():
@@ -321,6 +382,45 @@ def test_new_process_watch_lists_nothing_while_no_pid_was_handed_out(tree, monke
     assert watch.check() is None and watch.check() is None and len(listed) == 4
 
 
+def test_new_process_watch_reads_only_the_new_pids_still_growing_between_listings(tree, monkeypatch):
+    files = KernelFiles(str(tree))
+    (tree / "proc" / "loadavg").write_text("0.10 0.20 0.30 1/90 4000\n")
+    (tree / "proc" / "self").symlink_to(str(os.getpid()))
+    watch = NewProcessWatch(files, min_rss_kb=64 * 1024, own_pid=NOT_US)
+    watch.reset(set(PIDS.values()) - {MIXED})              # MIXED is new: a job starting
+    listed, reads = [], stat_reads(monkeypatch)
+    real_list = procfs.list_pids
+    monkeypatch.setattr(procfs, "list_pids", lambda f: listed.append(1) or real_list(f))
+    set_stat_fields(tree, MIXED, f24=1000)
+    assert watch.check() is None and len(listed) == 1 and reads == [MIXED]   # just seen
+    set_stat_fields(tree, MIXED, f24=20000)
+    assert watch.check() is None and len(listed) == 1 and reads == [MIXED] * 2   # growing: read alone
+    assert watch.check() == MIXED and len(listed) == 1                         # steady, big enough
+
+
+def test_new_process_watch_reads_a_small_new_pid_again_every_so_often_without_listing(tree, monkeypatch):
+    from autonumad import processes
+    files = KernelFiles(str(tree))
+    (tree / "proc" / "loadavg").write_text("0.10 0.20 0.30 1/90 4000\n")
+    (tree / "proc" / "self").symlink_to(str(os.getpid()))
+    now = [1000.0]
+    monkeypatch.setattr(processes.time, "monotonic", lambda: now[0])
+    watch = NewProcessWatch(files, min_rss_kb=64 * 1024, own_pid=NOT_US)
+    watch.reset(set(PIDS.values()) - {MIXED})
+    listed, reads = [], stat_reads(monkeypatch)
+    real_list = procfs.list_pids
+    monkeypatch.setattr(procfs, "list_pids", lambda f: listed.append(1) or real_list(f))
+    set_stat_fields(tree, MIXED, f24=1000)                 # 4 MiB: too small
+    for _ in range(3):
+        assert watch.check() is None
+        now[0] += 0.5
+    assert len(listed) == 1 and reads == [MIXED] * 2       # seen, then steady: left alone
+    set_stat_fields(tree, MIXED, f24=20000)                # it grows, no PID handed out
+    now[0] += processes.NEW_REREAD_S
+    assert watch.check() is None and reads == [MIXED] * 3 and len(listed) == 1
+    assert watch.check() == MIXED and len(listed) == 1     # growing: read at each call; now steady
+
+
 def test_new_process_watch_answers_a_growing_pid_once_its_rss_holds_steady(tree):
     files = KernelFiles(str(tree))
     watch = NewProcessWatch(files, min_rss_kb=64 * 1024, own_pid=NOT_US)
@@ -341,9 +441,7 @@ def test_new_process_watch_does_not_read_kernel_threads_twice_and_bounds_its_rea
     files = KernelFiles(str(tree))
     watch = NewProcessWatch(files, min_rss_kb=1 << 40, own_pid=NOT_US, max_reads=2)
     watch.reset(set())
-    reads = []
-    real = procfs.read_stat
-    monkeypatch.setattr(procfs, "read_stat", lambda f, pid: reads.append(pid) or real(f, pid))
+    reads = stat_reads(monkeypatch)
     assert watch.check() is None
     assert len(reads) == 2  # at most max_reads a call
     reads.clear()

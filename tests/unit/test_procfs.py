@@ -337,3 +337,27 @@ def test_the_expected_symlink_proc_self_and_symlinks_outside_proc_are_followed(t
     assert files.read_text("proc/self/status") == "Name:\tautonumad\n"
     assert files.read_text("sys/cpulist") == "Name:\tautonumad\n"
     assert procfs.list_pids(KernelFiles("/"))  # the real /proc reads as before
+
+
+# ---------------------------------------------------------------- pagemap
+
+def test_pages_exclusive_reads_the_exclusively_mapped_bit_of_present_pages_in_few_reads(tmp_path, monkeypatch):
+    entries = {0x100: procfs.PAGEMAP_PRESENT | procfs.PAGEMAP_EXCLUSIVE | 1234,   # only ours
+               0x101: procfs.PAGEMAP_PRESENT | 1235,                             # shared since a fork
+               0x102: 0,                                                         # not present
+               0x9000: procfs.PAGEMAP_PRESENT | procfs.PAGEMAP_EXCLUSIVE}        # far away: a read of its own
+    (tmp_path / "proc" / "42").mkdir(parents=True)
+    with open(tmp_path / "proc" / "42" / "pagemap", "wb") as f:
+        for page, entry in entries.items():
+            f.seek(page * procfs.PAGEMAP_ENTRY)
+            f.write(entry.to_bytes(procfs.PAGEMAP_ENTRY, "little"))
+    files = KernelFiles(str(tmp_path))
+    spans = []
+    real = files.read_spans
+    monkeypatch.setattr(files, "read_spans", lambda rel, s: spans.append(list(s)) or real(rel, s))
+    addrs = [page * 4096 + 8 for page in entries] + [0x100 * 4096]
+    assert procfs.pages_exclusive(files, 42, addrs) == {
+        0x100 * 4096 + 8: True, 0x101 * 4096 + 8: False, 0x9000 * 4096 + 8: True, 0x100 * 4096: True}
+    assert spans == [[(0x100 * 8, 3 * 8), (0x9000 * 8, 8)]]
+    with pytest.raises(ProcessGone):
+        procfs.pages_exclusive(files, 43, addrs)

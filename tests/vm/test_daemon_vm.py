@@ -208,6 +208,12 @@ def test_pinned_numa02_threads_stay_and_their_memory_comes_to_them(daemon, tmp_p
         assert loc >= 0.9, f"locality {loc:.2f} after 180 s\n{daemon.read_log()}"
         assert {t: os.sched_getaffinity(t) for t in w.thread_ids()} == pinned_before
         assert status(daemon.sock)["counters"].get("pages_migrated", 0) > 0
+        # its movers ran on the CPUs of the nodes they moved pages to, then got their own back
+        # (a later pass may be moving a few pages right now: that pin goes within seconds)
+        deadline = time.monotonic() + 30
+        while any(os.sched_getaffinity(int(t)) != online_cpus() for t in os.listdir(f"/proc/{daemon.proc.pid}/task")):
+            assert time.monotonic() < deadline, "a thread of the daemon kept a mover's CPUs"
+            time.sleep(0.5)
     finally:
         summaries = w.stop()
     assert all(s["mismatches"] == 0 for s in summaries), summaries

@@ -275,6 +275,86 @@ def test_move_ranges_moves_only_the_pages_on_the_source_node_and_resumes_where_t
         assert numa_calls.move_ranges(pid, ranges, 1, 0, 100).tried == [0, 0]   # nothing left on node 1
 
 
+# A process holding 32 MiB of transparent huge pages on node 1 (MADV_HUGEPAGE,
+# 2 MiB aligned) and, after them, 100 pages of 4 KiB on node 1 too. It prints the
+# address of the huge pages, the address of the small pages, and its THP kB.
+HUGE = """
+import mmap, os
+from autonumad.kernel import numa_calls
+HPAGE = 2 << 20
+raw = mmap.mmap(-1, 17 * HPAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+start = -numa_calls.buffer_address(raw) % HPAGE
+huge = memoryview(raw)[start:start + 16 * HPAGE]
+raw.madvise(mmap.MADV_HUGEPAGE, start, 16 * HPAGE)
+small = mmap.mmap(-1, 100 * mmap.PAGESIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+small.madvise(mmap.MADV_NOHUGEPAGE)
+numa_calls.set_membind(1)
+for off in range(0, 16 * HPAGE, mmap.PAGESIZE):
+    huge[off] = 1
+numa_calls.sweep(small, 0, len(small), 1, None)
+numa_calls.reset_mempolicy()
+with open("/proc/self/smaps_rollup") as f:
+    thp_kb = int(f.read().split("AnonHugePages:")[1].split()[0])
+print(numa_calls.buffer_address(raw) + start, numa_calls.buffer_address(small), thp_kb, flush=True)
+os.read(0, 1)
+"""
+
+
+def vmstat(name):
+    with open("/proc/vmstat", encoding="ascii") as f:
+        return dict(line.split() for line in f).get(name)
+
+
+def test_move_ranges_moves_a_transparent_huge_page_whole_and_counts_each_of_its_pages():
+    with running(HUGE) as (pid, (huge, small, thp_kb)):
+        if thp_kb < 16 * 2048 or vmstat("thp_migration_success") is None:
+            pytest.skip(f"no transparent huge pages here ({thp_kb} kB of the 32768 asked for)")
+        before = int(vmstat("thp_migration_success"))
+        ranges = [(huge, huge + 16 * 512 * PAGE), (small, small + 100 * PAGE)]
+        moves = numa_calls.move_ranges(pid, ranges, 1, 0, 1 << 14)
+        assert moves.tried == [8192, 100] and moves.moved == [8192, 100] and moves.failures == {}
+        assert int(vmstat("thp_migration_success")) - before == 16   # moved whole, not split
+        addrs = [huge + i * PAGE for i in range(8192)] + [small + i * PAGE for i in range(100)]
+        assert sorted(moves.moved_addresses()) == sorted(addrs)
+        assert set(numa_calls.page_nodes(pid, addrs)) == {0}
+        # a grant that ends inside a huge page: the page moves whole, the grant counts 100
+        assert numa_calls.move_ranges(pid, ranges[:1], 0, 1, 100).moved == [100]
+        assert numa_calls.page_nodes(pid, [huge + 511 * PAGE, huge + 512 * PAGE]) == [1, 0]
+
+
+# A process that fills 1024 private pages (THP off), then forks: the child writes the
+# first half again (copies of its own) and leaves the second half shared with its
+# parent. It prints the child's PID and the buffer's address; both wait for stdin.
+FORKED = """
+import mmap, os
+from autonumad.kernel import numa_calls
+buf = mmap.mmap(-1, 1024 * mmap.PAGESIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+buf.madvise(mmap.MADV_NOHUGEPAGE)
+numa_calls.sweep(buf, 0, len(buf), 1, None)
+r, w = os.pipe()
+child = os.fork()
+if child == 0:
+    numa_calls.sweep(buf, 0, len(buf) // 2, 2, None)
+    os.write(w, b"x")
+    os.read(0, 1)
+    os._exit(0)
+os.read(r, 1)
+print(child, numa_calls.buffer_address(buf), flush=True)
+os.read(0, 1)
+os.waitpid(child, 0)
+"""
+
+
+def test_pagemap_tells_a_forked_child_s_own_pages_from_those_it_still_shares_with_its_parent():
+    from autonumad.kernel import procfs
+    with running(FORKED) as (_, (child, addr)):
+        addrs = [addr + i * PAGE for i in range(1024)]
+        exclusive = procfs.pages_exclusive(KernelFiles(), child, addrs)
+        assert [exclusive[a] for a in addrs] == [True] * 512 + [False] * 512
+        other = 1 if numa_calls.page_nodes(child, [addrs[600]])[0] == 0 else 0
+        assert numa_calls.move_pages(child, [addrs[600]], other) == [-errno.EACCES]  # not its own to move
+
+
 def test_migrate_process_pages_empties_a_node():
     with placed_process("4096:0", "12288:1") as (pid, (start, _)):
         assert numa_calls.migrate_process_pages(pid, [1], [0]) == 0
