@@ -77,8 +77,29 @@ TEST_CONFIG_EDITS = ("-e 's/^settle_seconds = .*/settle_seconds = 2/' "
                      "-e 's/^min_rss_mb = .*/min_rss_mb = 32/' "
                      "-e 's/^perf_event_paranoid = .*/perf_event_paranoid = \"lower\"/'")
 
-INSTALL = f"""\
-$BIN/autonumactl service install || exit 1
+# A checkout under /tmp or /var/tmp (a CI clone, say): the unit's PrivateTmp=yes hides it from
+# the service, and `autonumactl service install` rightly refuses a daemon there. The guest
+# then shows the checkout at CHECKOUT_SEEN_AT too (a bind mount), installs the daemon found
+# there, and a drop-in of the tests' own binds the checkout back to its own path in the
+# service's private /tmp, where its venv's scripts look for their Python.
+PRIVATE_TMP_DIRS = ("/tmp", "/var/tmp")
+CHECKOUT_SEEN_AT = "/run/autonumad-checkout"
+UNDER_PRIVATE_TMP = any(REPO.startswith(d + "/") for d in PRIVATE_TMP_DIRS)
+if UNDER_PRIVATE_TMP:
+    _venv_bin = os.path.relpath(BIN, REPO)
+    assert not _venv_bin.startswith(".."), f"a checkout under /tmp needs its venv inside it, not {BIN}"
+    INSTALL_FROM = f"""\
+mkdir -p {CHECKOUT_SEEN_AT} && {{ mountpoint -q {CHECKOUT_SEEN_AT} || mount --bind $REPO {CHECKOUT_SEEN_AT}; }} || exit 1
+mkdir -p /etc/systemd/system/autonumad.service.d
+printf '[Service]\\n# tests only: the checkout is under /tmp\\nBindReadOnlyPaths={CHECKOUT_SEEN_AT}:%s\\n' "$REPO" \
+    >/etc/systemd/system/autonumad.service.d/checkout.conf
+echo "MARK checkout under a private tmp: installing from {CHECKOUT_SEEN_AT}"
+$BIN/autonumactl service install --executable {CHECKOUT_SEEN_AT}/{_venv_bin}/autonumad || exit 1
+"""
+else:
+    INSTALL_FROM = "$BIN/autonumactl service install || exit 1\n"
+
+INSTALL = INSTALL_FROM + f"""\
 sed -i {TEST_CONFIG_EDITS} /etc/autonumad.conf
 grep -E '^(settle_seconds|scan_sleep_pass_millisecs|min_rss_mb|perf_event_paranoid) =' /etc/autonumad.conf
 systemctl daemon-reload
