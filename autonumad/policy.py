@@ -78,7 +78,11 @@ pages, so that is tried first). Pinned processes' memory follows their threads.
   other), by at least `min_gain` per mille of the touches more than the node
   holding it, and, when its samples come from several nodes, by more than their
   noise (a lead of two standard deviations, 2/sqrt(samples)), so a group both
-  nodes write alike stays where it is; groups no thread was seen touching stay put,
+  nodes write alike stays where it is. Not when its threads share its memory
+  (SHARED_MEMORY_SHARE of it written from several nodes), nor when the runnable threads
+  of one of its nodes were seen writing next to nothing (SILENT_NODE_SHARE: they may be
+  reading it, or writing behind a leader the first-write sampling alone shows): then
+  only groups on nodes none of its threads run on move. Groups no thread was seen touching stay put,
   unless they sit on a node none of the process's threads run on: remote to every one
   of them, they go to the nearest node its threads run on (ties: the one with most of
   them), behind the groups whose writers were seen.
@@ -722,7 +726,8 @@ def _plan_migrations(snapshot: Snapshot, state: PolicyState, config: PolicyConfi
         thread_touches: Counter[int] = Counter()  # each thread's sampled touches of all of its process's groups
         for g in process.page_groups:
             thread_touches.update({tid: c for tid, c in g.touches.items() if c > 0})
-        shared = len(runs_on) > 1 and _shared_share(process, thread_node) >= SHARED_MEMORY_SHARE
+        shared = len(runs_on) > 1 and (_shared_share(process, thread_node) >= SHARED_MEMORY_SHARE
+                                       or _silent_node(thread_node, thread_touches) is not None)
         if len(runs_on) == 1 and _movable_share(process, next(iter(runs_on))) >= REMNANT_LOCALITY:
             continue  # what is left elsewhere is mostly what cannot move, or sampling noise
         for group in sorted(process.page_groups, key=lambda g: g.id):
@@ -799,6 +804,32 @@ its threads run on moves, to them). A window sees only each page's first writer,
 two sweepers share shows one of them in each window; over the windows a process's regions
 add up, and the shared ones show as shared."""
 
+
+
+SILENT_NODE_SHARE = 0.1
+"""A process whose runnable threads on some node made less than this share of its sampled
+writes is not split by writer either: those threads are busy, and may well be using the
+same memory, unseen. A soft-dirty window shows only each page's first writer, so of two
+threads sweeping one buffer close behind each other only the leader is seen, window after
+window (the follower writes pages already dirty); and reads are not seen at all (a thread
+reading what another writes). Moving the memory to the writer's node would gain nothing
+for the first pair, cost the second, and follow the lead back and forth as it changes
+hands. Memory on nodes none of its threads run on still comes to them."""
+
+
+def _silent_node(thread_node: Mapping[int, int], thread_touches: Mapping[int, int]) -> int | None:
+    """A node whose runnable threads (`thread_node`) made less than SILENT_NODE_SHARE of
+    the process's sampled writes (`thread_touches`), or None when each node wrote its share.
+    With no sampled writes at all, None (no writer to split by)."""
+    by_node: Counter[int] = Counter({n: 0 for n in thread_node.values()})
+    for tid, count in thread_touches.items():
+        if tid in thread_node:
+            by_node[thread_node[tid]] += count
+    total = sum(by_node.values())
+    if not total:
+        return None
+    quiet = [n for n, c in sorted(by_node.items()) if c < SILENT_NODE_SHARE * total]
+    return quiet[0] if quiet else None
 
 
 SHARED_WRITER_SHARE = 0.3

@@ -5,7 +5,7 @@ from dataclasses import replace
 
 from autonumad.plan import SCAN_VOTE, ExchangeTasks, MigratePages, MoveTask, PolicyState
 from autonumad.policy import (NodeView, PageGroup, PolicyConfig, ProcessView, Snapshot, TaskView,
-                              plan_pass)
+                              _silent_node, plan_pass)
 
 NOW = 1000.0
 
@@ -286,7 +286,8 @@ def test_a_wish_from_sampled_writes_is_not_confirmed_by_one_of_another_kind():
 def test_sampled_groups_agreed_on_but_over_the_budget_move_at_the_next_pass_without_new_votes():
     def spread():
         return process(811, [thread(811, 0), thread(812, 1)], {0: 1000},
-                       [PageGroup(7, 0, 512, {812: 9}, window=2), PageGroup(8, 0, 512, {812: 9}, window=2)])
+                       [PageGroup(7, 0, 512, {812: 9}, window=2), PageGroup(8, 0, 512, {812: 9}, window=2),
+                        PageGroup(9, 0, 512, {811: 9}, window=2)])    # 811's own: it stays
     state = PolicyState(group_target={(811, 5811, 7): 1, (811, 5811, 8): 1},
                         group_window={(811, 5811, 7): 1, (811, 5811, 8): 1})
     first = plan(machine(), spread(), state=state, pages_to_migrate=512)
@@ -297,19 +298,39 @@ def test_sampled_groups_agreed_on_but_over_the_budget_move_at_the_next_pass_with
 
 def test_memory_the_threads_share_is_not_split_between_their_nodes():
     def numa01(shared_groups):   # two threads sweeping one buffer: some regions seen written by both
-        groups = [PageGroup(g, 0, 512, {812: 9} if g >= shared_groups else {811: 5, 812: 4}, window=g % 2 + 1)
-                  for g in range(8)]
+        def writers(g):          # the others each thread's own (811's stay with it on node 0)
+            return {811: 5, 812: 4} if g < shared_groups else {811 + g % 2: 9}
+        groups = [PageGroup(g, 0, 512, writers(g), window=g % 2 + 1) for g in range(8)]
         return process(811, [thread(811, 0), thread(812, 1)], {0: 4096}, groups)
     state = PolicyState(group_target={(811, 5811, g): 1 for g in range(8)},
                         group_window={(811, 5811, g): 3 for g in range(8)})
     assert migrations(plan(machine(), numa01(2), state=state)) == []       # a quarter shared: none moves
-    assert len(migrations(plan(machine(), numa01(1), state=state))) == 7   # an eighth: the rest are its own
+    assert [m.group_id for m in migrations(plan(machine(), numa01(1), state=state))] == [1, 3, 5, 7]
+    # an eighth shared: the rest are each thread's own, and 812's go to it
     stray = numa01(2)
-    stray = replace(stray, page_groups=stray.page_groups + (PageGroup(9, 2, 512, {811: 5, 812: 4}, window=2),))
+    stray = replace(stray, page_groups=stray.page_groups + (PageGroup(9, 2, 512, {811: 10, 812: 8}, window=2),))
     state = replace(state, group_target={**state.group_target, (811, 5811, 9): 0},
                     group_window={**state.group_window, (811, 5811, 9): 1})
     assert [(m.group_id, m.to_node) for m in migrations(plan(machine(4), stray, state=state))] == [(9, 0)]
     # shared, but on a node none of its threads run on: it comes to them
+
+
+def test_memory_is_not_split_towards_a_writer_while_the_busy_threads_of_another_node_write_next_to_nothing():
+    # numa01 in lockstep: a soft-dirty window shows only the leader (812), its follower's
+    # writes land on pages already dirty; or 811 reads what 812 writes. Either way 811 may
+    # use this memory, and moving it to node 1 would follow the lead back and forth.
+    def lead():
+        groups = [PageGroup(g, 0, 512, {812: 9}, window=2) for g in range(8)]
+        groups.append(PageGroup(9, 2, 512, {812: 9}, window=2))        # on a node none of its threads run on
+        pinned = dict(user_pinned=True)   # as numactl --cpunodebind pins them: only memory may move
+        return process(811, [thread(811, 0, **pinned), thread(812, 1, **pinned), thread(813, 1, 0.0)],
+                       {0: 4096, 2: 512}, groups)
+    state = PolicyState(group_target={(811, 5811, g): 1 for g in range(10)},
+                        group_window={(811, 5811, g): 1 for g in range(10)})
+    moved = migrations(plan(machine(4), lead(), state=state))
+    assert [(m.group_id, m.to_node) for m in moved] == [(9, 1)]   # only the group no thread runs beside
+    assert _silent_node({811: 0, 812: 1}, {812: 72}) == 0 and _silent_node({811: 0}, {}) is None
+    assert _silent_node({811: 0, 812: 1}, {811: 8, 812: 72}) is None       # 10%: each node writes its share
 
 
 def test_a_node_whose_cpus_went_offline_gets_no_thread_and_its_memory_comes_to_the_threads():
@@ -346,7 +367,7 @@ def test_threads_held_or_pinned_already_are_not_held_again():
 
 def test_threads_of_a_process_on_several_nodes_are_not_held_for_its_memory():
     spread = process(813, [thread(813, 0, held=False), thread(814, 1, held=False)], {0: 500, 1: 500},
-                     [PageGroup(7, 0, 500, {814: 50})])
+                     [PageGroup(7, 0, 500, {814: 50}), PageGroup(8, 0, 500, {813: 50})])
     _, second = two_passes(machine(cpus=2), spread)   # fits on one node: no span
     assert [(m.from_node, m.to_node) for m in migrations(second)] == [(0, 1)]
     assert moves(second) == {}
