@@ -606,8 +606,9 @@ class Daemon:
                     self.mm.want_policies(ProcessKey(view.pid, view.start_time))
             self.policy_state = plan.state
             self._quiet = self._quiet_after(snapshot, plan)
-            lines = self.apply(plan)
-            self.policy_state = self._deferred_stay_agreed(plan, lines)
+            results = self._act(plan)
+            lines = [f"{action.describe()} [{result}]" for action, result in zip(plan.actions, results)]
+            self.policy_state = self._deferred_stay_agreed(plan, results)
         cpu.mark("act")
         self.mm.end_pass()
         self.tasks.end_pass()
@@ -633,11 +634,11 @@ class Daemon:
         return {ProcessKey(v.pid, v.start_time) for v in snapshot.processes
                 if not v.growing and (v.pid, v.start_time) not in busy}
 
-    def _deferred_stay_agreed(self, plan: Plan, lines: list[str]) -> PolicyState:
+    def _deferred_stay_agreed(self, plan: Plan, results: list[str]) -> PolicyState:
         """The policy's state for the next pass, with the page groups the rate limit deferred
         neither settled nor in need of new votes: the next pass moves them if it still wants."""
-        deferred = [a for a, line in zip(plan.actions, lines)
-                    if isinstance(a, MigratePages) and line.rsplit(" [", 1)[-1].startswith("deferred")]
+        deferred = [a for a, result in zip(plan.actions, results)
+                    if isinstance(a, MigratePages) and result.startswith("deferred")]
         if not deferred:
             return plan.state
         keys = {(a.pid, a.start_time, a.group_id): a.to_node for a in deferred}
@@ -755,7 +756,12 @@ class Daemon:
 
     # ------------------------------------------------------------------ acting
     def apply(self, plan: Plan) -> list[str]:
-        lines = []
+        """Carry out the plan (or, dry, only say it); one line per action: what, and its result."""
+        return [f"{action.describe()} [{result}]" for action, result in zip(plan.actions, self._act(plan))]
+
+    def _act(self, plan: Plan) -> list[str]:
+        """The result of each of the plan's actions, in order, each logged as a decision."""
+        results = []
         migrations = {} if self.dry_run else self._migrate_all(plan.actions)
         for action in plan.actions:
             if self.dry_run:
@@ -766,10 +772,9 @@ class Daemon:
                 result = self._exchange(action)
             else:
                 result = migrations[action]
-            line = f"{action.describe()} [{result}]"
-            lines.append(line)
-            self._log_decision(action, result, line)
-        return lines
+            results.append(result)
+            self._log_decision(action, result, f"{action.describe()} [{result}]")
+        return results
 
     def _move(self, m: MoveTask) -> str:
         return self.actuator.move_task(m.pid, m.start_time, m.tid, m.to_node, m.comm,
@@ -947,6 +952,7 @@ class Daemon:
     def all_counters(self) -> dict[str, int]:
         merged = Counter(self.counters)
         merged.update({k: v for k, v in self.actuator.counters.items() if not k.startswith("page_status_")})
+        merged["move_cpu_ms"] = round(self.budget.counters.excluded_cpu_s * 1000)  # the kernel's copying included
         return dict(sorted(merged.items()))
 
     def handle_status(self, args: dict) -> dict:
@@ -982,6 +988,7 @@ class Daemon:
                 "scanner": {"pages_scanned": pacing.pages_scanned, "full_scans": pacing.full_scans,
                             "scan_cpu_s": round(mmc.scan_cpu_s, 3), "processes_scanned": mmc.processes_scanned,
                             "exact_reads": mmc.exact_reads, "gone_mid_scan": mmc.gone_mid_scan,
+                            "quiet_carried": mmc.quiet_carried,
                             "passes": self.counters["passes"], "throttled_s": round(pacing.throttled_s, 3),
                             "cpu_s": round(time.process_time(), 3), "move_cpu_s": round(pacing.excluded_cpu_s, 3)},
                 "migrated": {"pages_migrated": self.actuator.counters["pages_migrated"],

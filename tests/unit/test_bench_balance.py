@@ -185,6 +185,17 @@ def test_verdicts_for_s1_compare_with_the_kernel_run():
     assert v["S1 autonumad CPU < 5% of wall"].met
 
 
+def test_the_cpu_verdict_names_the_part_spent_moving_pages_from_the_daemons_counter():
+    ours = record("S1")
+    ours["snapshots"]["launch"]["counters"]["move_cpu_ms"] = 40
+    ours["snapshots"]["end"]["counters"]["move_cpu_ms"] = 290
+    runs = metrics_for("S1", run_lines([0.0] + [1.0] * 10), run_lines([0.0] + [1.0] * 10), ours_record=ours)
+    assert runs[("S1", "autonumad")].move_cpu_s == 0.25
+    v = by_target(verdicts([SCENARIOS["S1"]], runs, {}))
+    assert v["S1 autonumad CPU < 5% of wall"].figure == "0.35 s of 10.0 s (3.5%); 0.25 s of it moving pages, the rest 1.0%"
+    assert runs[("S1", "kernel")].move_cpu_s is None  # no such counter: the figure says nothing of it
+
+
 def test_verdicts_say_not_met_and_na_plainly():
     runs = metrics_for("S1", run_lines([0.0] * 11), run_lines([0.0, 0.95, 0.5] + [0.97] * 8))
     del runs[("S1", "kernel")]

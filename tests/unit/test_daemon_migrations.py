@@ -130,10 +130,10 @@ def test_what_the_rate_limit_did_not_grant_is_deferred_not_set_aside(tmp_path):
     d.groups = {(10, 77): {g: GroupRange(g * REGION, (g + 1) * REGION, 1) for g in (4, 5)}}
     queued = replace(d.policy_state, group_migrated_at={(10, 77, 4): 1.0, (10, 77, 5): 1.0})
     deferred = Plan((migration(4), migration(5)), queued)
-    lines = d.apply(deferred)
-    assert all(line.endswith("[deferred: migration rate limit, 0 pages moved]") for line in lines)
+    results = d._act(deferred)
+    assert results == ["deferred: migration rate limit, 0 pages moved"] * 2
     assert not d.stuck_groups
-    after = d._deferred_stay_agreed(deferred, lines)     # neither settled nor in need of new votes
+    after = d._deferred_stay_agreed(deferred, results)     # neither settled nor in need of new votes
     assert after.group_migrated_at == {} and after.group_agreed == {(10, 77, 4): 0, (10, 77, 5): 0}
 
 
