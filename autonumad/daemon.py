@@ -988,7 +988,7 @@ class Daemon:
                 "scanner": {"pages_scanned": pacing.pages_scanned, "full_scans": pacing.full_scans,
                             "scan_cpu_s": round(mmc.scan_cpu_s, 3), "processes_scanned": mmc.processes_scanned,
                             "exact_reads": mmc.exact_reads, "gone_mid_scan": mmc.gone_mid_scan,
-                            "quiet_carried": mmc.quiet_carried,
+                            "quiet_carried": mmc.quiet_carried, "coarse_scans": mmc.coarse_scans,
                             "passes": self.counters["passes"], "throttled_s": round(pacing.throttled_s, 3),
                             "cpu_s": round(time.process_time(), 3), "move_cpu_s": round(pacing.excluded_cpu_s, 3)},
                 "migrated": {"pages_migrated": self.actuator.counters["pages_migrated"],

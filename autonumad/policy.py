@@ -82,7 +82,8 @@ pages, so that is tried first). Pinned processes' memory follows their threads.
   (SHARED_MEMORY_SHARE of it written from several nodes), nor when the runnable threads
   of one of its nodes were seen writing next to nothing (SILENT_NODE_SHARE: they may be
   reading it, or writing behind a leader the first-write sampling alone shows): then
-  only groups on nodes none of its threads run on move. Groups no thread was seen touching stay put,
+  only groups on nodes none of its threads run on move, and those only while they are
+  more than a remnant (SPREAD_REMNANT_LOCALITY). Groups no thread was seen touching stay put,
   unless they sit on a node none of the process's threads run on: remote to every one
   of them, they go to the nearest node its threads run on (ties: the one with most of
   them), behind the groups whose writers were seen.
@@ -112,7 +113,7 @@ from __future__ import annotations
 import math
 
 from collections import Counter, defaultdict, deque
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from autonumad.nodelist import format_list
@@ -728,11 +729,15 @@ def _plan_migrations(snapshot: Snapshot, state: PolicyState, config: PolicyConfi
             thread_touches.update({tid: c for tid, c in g.touches.items() if c > 0})
         shared = len(runs_on) > 1 and (_shared_share(process, thread_node) >= SHARED_MEMORY_SHARE
                                        or _silent_node(thread_node, thread_touches) is not None)
-        if len(runs_on) == 1 and _movable_share(process, next(iter(runs_on))) >= REMNANT_LOCALITY:
+        with_threads = _movable_share(process, runs_on)
+        if len(runs_on) == 1 and with_threads >= REMNANT_LOCALITY:
             continue  # what is left elsewhere is mostly what cannot move, or sampling noise
+        remnant_elsewhere = with_threads >= SPREAD_REMNANT_LOCALITY
         for group in sorted(process.page_groups, key=lambda g: g.id):
             if shared and group.node in runs_on:
                 continue  # its threads write the same memory: it stays with whichever of them it is with
+            if remnant_elsewhere and group.node not in runs_on:
+                continue
             key = _group_key(process, group)
             migrated_at = state.group_migrated_at.get(key)
             if migrated_at is not None and snapshot.time - migrated_at < config.settle_seconds:
@@ -863,15 +868,16 @@ group written from two nodes alike): otherwise two nodes that write a group equa
 pass it back and forth. A group written from one node only (a numa02 slice) needs no more."""
 
 
-def _movable_share(process: ProcessView, node: int) -> float:
-    """Share of the process's movable memory (its page groups) on `node`; of all its memory
+def _movable_share(process: ProcessView, nodes: Collection[int]) -> float:
+    """Share of the process's movable memory (its page groups) on `nodes`; of all its memory
     when it has no groups. Libraries and other file pages it shares with every process, on
     whichever node first read them, would otherwise keep a small process's share below
     REMNANT_LOCALITY for good, its sampled strays voted on and moved pass after pass."""
     total = sum(g.pages for g in process.page_groups)
     if not total:
-        return _shares(process.node_pages).get(node, 0.0)
-    return sum(g.pages for g in process.page_groups if g.node == node) / total
+        shares = _shares(process.node_pages)
+        return sum(shares.get(n, 0.0) for n in nodes)
+    return sum(g.pages for g in process.page_groups if g.node in nodes) / total
 
 
 REMNANT_LOCALITY = 0.98
@@ -880,6 +886,15 @@ memory (its page groups) there, has the rest left alone: mostly pages that canno
 fork, pinned) and sampled estimates of a few pages each, which would cost a vote pass and a
 move of nothing, again and again (AutoNUMA's memory follows CPU; numad also stops at a
 process that is local enough)."""
+
+
+SPREAD_REMNANT_LOCALITY = 0.95
+"""A process whose runnable threads run on several nodes, with this share of its movable
+memory on those nodes, has the rest (on nodes none of them runs on) left alone: what its
+threads write there is mostly interpreter and allocator pages first touched wherever a
+thread ran before it was placed, much of it shared with the parent since fork; each
+write-fault window finds a few more such regions, so moving them would go on pass after
+pass for next to nothing. (Its memory on its threads' nodes is still split by writer.)"""
 
 
 UNSEEN_GROUP_WEIGHT = 0.5

@@ -383,6 +383,23 @@ def test_numa_maps_is_read_again_every_so_many_passes():
     assert not any(exact[1:mm_stats.EXACT_EVERY_PASSES]) and not exact[-1]
 
 
+def test_memory_all_on_one_node_is_told_by_a_coarse_look_and_mixed_memory_is_sampled_again_in_full():
+    files = KernelFiles(VM_TREE)
+    fine = mm_stats.choose_stride(9768, 9768, 1 << 30)
+    one = FakeMemory(lambda addr: 1)
+    table = MmStatsTable(files, scan_ranges=one.scan_ranges)
+    snapshot = table.observe(process(9768), budget(), local_node=1)
+    assert {stride for _, stride in one.calls} == {snapshot.stride} and snapshot.stride > 4 * fine
+    assert set(snapshot.node_pages) == {1} and snapshot.node_pages[1] == pytest.approx(9768, rel=0.35)
+    assert table.counters.coarse_scans == 1
+    mixed = FakeMemory(bound_placement(files))
+    table = MmStatsTable(files, scan_ranges=mixed.scan_ranges)
+    snapshot = table.observe(process(9768), budget())
+    strides = [stride for _, stride in mixed.calls]
+    assert strides[0] > 4 * fine and strides[-1] == fine == snapshot.stride   # the coarse look, then in full
+    assert len(set(snapshot.node_pages)) > 1 and table.counters.coarse_scans == 0
+
+
 def test_a_quiet_process_keeps_its_last_scan_a_few_passes_while_its_threads_and_rss_stay():
     files = KernelFiles(VM_TREE)
     memory = FakeMemory(lambda addr: 0)

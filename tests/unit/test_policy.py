@@ -333,6 +333,18 @@ def test_memory_is_not_split_towards_a_writer_while_the_busy_threads_of_another_
     assert _silent_node({811: 0, 812: 1}, {811: 8, 812: 72}) is None       # 10%: each node writes its share
 
 
+def test_a_spread_process_with_a_remnant_of_its_memory_on_nodes_none_of_its_threads_run_on_leaves_it():
+    def spread(stray_pages):
+        pinned = dict(user_pinned=True)
+        groups = [PageGroup(1, 0, 9000, {811: 9}, window=2), PageGroup(2, 1, 9000, {812: 9}, window=2),
+                  PageGroup(3, 2, stray_pages, {811: 9}, window=2)]      # interpreter pages, say
+        return process(811, [thread(811, 0, **pinned), thread(812, 1, **pinned)], {0: 9000, 1: 9000, 2: 300},
+                       groups)
+    state = PolicyState(group_target={(811, 5811, 3): 0}, group_window={(811, 5811, 3): 1})
+    assert migrations(plan(machine(4), spread(300), state=state)) == []       # 3% of it: left alone
+    assert [(m.group_id, m.to_node) for m in migrations(plan(machine(4), spread(2000), state=state))] == [(3, 0)]
+
+
 def test_a_node_whose_cpus_went_offline_gets_no_thread_and_its_memory_comes_to_the_threads():
     two = machine(2)
     memory_only = (two[0], replace(two[1], cpus=()))
