@@ -15,7 +15,7 @@ same `MmSnapshot`:
   Stride (`choose_stride`): the larger of rss/TARGET_RESIDENT_SAMPLES, so that about
   4096 resident pages are sampled whatever the size (a proportion from 4096
   samples is within ~0.8 percentage points even binomially; a first look at an
-  eighth of that settles the common case of memory all on one node,
+  eighth of that settles the mappings all on the threads' node,
   COARSE_RESIDENT_SAMPLES), and
   mapped/pages_to_scan, so that no process costs more than one batch of
   `pages_to_scan` queries per pass, moved to the nearest stride that shares no
@@ -71,13 +71,17 @@ log = logging.getLogger(__name__)
 
 TARGET_RESIDENT_SAMPLES = 4096
 COARSE_RESIDENT_SAMPLES = 512
-"""A sampled scan first queries about this many pages (a stride 8 times the full one);
-when every one of them is on one node, that is the process's snapshot: whatever other
-nodes hold is then under 1 % of it at 95 % confidence (0.99^512 < 0.01), and the policy
-learns nothing more from eight times the queries (where the memory is, so where its
-threads go; nothing to move). Memory found on more nodes is sampled again at the full
-stride. Most processes, most passes, sit on one node; a settled system's scans cost an
-eighth of what they did."""
+"""A sampled scan first queries about this many pages (a stride 8 times the full one).
+A mapping whose every sampled page is on one node, the node its threads run on (any one
+node when they run on several), keeps those figures: whatever other nodes hold of it is
+then under 1 % at 95 % confidence when it is most of the process (0.99^512 < 0.01), and
+there is nothing of it to move. The other mappings (on another node or on several,
+small ones the coarse stride missed) are sampled again at the full stride. A settled
+process's big buffers cost an eighth of the queries they did; its small mixed mappings
+(heap, stacks) little."""
+COARSE_MIN_SAMPLES = 64
+"""A mapping the coarse look sampled fewer times than this is sampled again in full
+whatever it found (under 5 % elsewhere at 95 % confidence takes 64 samples all alike)."""
 INTERLEAVE_PRIMES = (2, 3, 5, 7, 11, 13)   # interleave periods up to 16 nodes sampled evenly
 NUMA_MAPS_PAGES_PER_SAMPLE = 3   # numa_maps walk ~55 ns per resident page, a sample ~180 ns
 EXACT_EVERY_PASSES = 30
@@ -349,6 +353,20 @@ def sampled_snapshot(key: ProcessKey, mappings: Sequence[MapsEntry], stride: int
                       local_node, complete, dict(sorted(totals.items())))
 
 
+def _settled_vmas(coarse: MmSnapshot, carried: Mapping[int, VmaStats], local_node: int) -> dict[int, VmaStats]:
+    """Mapping start -> the coarse look's figures, for the mappings it found all on one node,
+    the threads' node when they run on one (nothing of it to move): kept as they are while
+    the rest are sampled in full."""
+    out = {}
+    for vma in coarse.vmas:
+        if vma.start in carried or sum(vma.node_pages.values()) < COARSE_MIN_SAMPLES * coarse.stride:
+            continue
+        nodes = [n for n, pages in vma.node_pages.items() if pages > 0]
+        if len(nodes) == 1 and (local_node < 0 or nodes[0] == local_node):
+            out[vma.start] = vma
+    return out
+
+
 def _carried(vmas: Sequence[VmaStats], mappings: Sequence[MapsEntry]
              ) -> tuple[dict[int, VmaStats], list[MapsEntry], float]:
     """What a sampled pass keeps from the last numa_maps read instead of sampling it: private,
@@ -369,7 +387,7 @@ def _carried(vmas: Sequence[VmaStats], mappings: Sequence[MapsEntry]
 class MmCounters:
     processes_scanned: int = 0
     quiet_carried: int = 0
-    coarse_scans: int = 0           # scans that stopped at COARSE_RESIDENT_SAMPLES: one node
+    coarse_scans: int = 0           # scans that stopped at COARSE_RESIDENT_SAMPLES: every mapping settled
     exact_reads: int = 0
     gone_mid_scan: int = 0
     access_denied: int = 0
@@ -509,15 +527,19 @@ class MmStatsTable:
                 coarse = choose_stride(rss, mapped, self.pages_to_scan, self.sample_stride_pages, self.n_nodes,
                                        COARSE_RESIDENT_SAMPLES)
                 snapshot = None
-                for at in ((coarse, stride) if coarse > stride else (stride,)):
-                    snapshot = sampled_snapshot(
-                        key, mappings, at, self.scan_ranges, budget, self.rng, self.clock(), state.known,
-                        local_node, max_off_node, carried, state.policies_read, state.chosen_policies)
-                    if at == stride:
-                        break
-                    if sum(1 for pages in snapshot.node_pages.values() if pages > 0) <= 1:
+                if coarse > stride:
+                    first = sampled_snapshot(
+                        key, mappings, coarse, self.scan_ranges, budget, self.rng, self.clock(), state.known,
+                        local_node, 0, carried, state.policies_read, state.chosen_policies)
+                    settled = _settled_vmas(first, carried, local_node)
+                    if len(settled) + len(carried) == len(mappings):
+                        snapshot = first
                         self.counters.coarse_scans += 1
-                        break   # on one node, as far as COARSE_RESIDENT_SAMPLES tell
+                    carried = {**carried, **settled}
+                if snapshot is None:
+                    snapshot = sampled_snapshot(
+                        key, mappings, stride, self.scan_ranges, budget, self.rng, self.clock(), state.known,
+                        local_node, max_off_node, carried, state.policies_read, state.chosen_policies)
                 state.snapshot = self._with_shared(snapshot)
         except ProcessGone:
             log.debug("pid %d (%s) went away during its scan", key.pid, process.comm)

@@ -326,7 +326,7 @@ def test_first_sight_is_sampled_numa_maps_is_read_when_policies_are_wanted_and_k
     assert not second.exact and second.policies_read and memory.calls
     assert table.get(KEY) is second
     bind1 = next(v for v in second.vmas if v.policy == MemPolicy("bind", (1,)))
-    assert bind1.node_pages == {1: pytest.approx(1024, rel=0.01)}
+    assert bind1.node_pages == {1: pytest.approx(1024, rel=0.03)}   # all on node 1: the coarse look's estimate
     assert table.counters.exact_reads == 1 and table.counters.processes_scanned == 4
 
 
@@ -383,21 +383,28 @@ def test_numa_maps_is_read_again_every_so_many_passes():
     assert not any(exact[1:mm_stats.EXACT_EVERY_PASSES]) and not exact[-1]
 
 
-def test_memory_all_on_one_node_is_told_by_a_coarse_look_and_mixed_memory_is_sampled_again_in_full():
+def test_mappings_all_on_the_threads_node_are_told_by_a_coarse_look_the_rest_sampled_again_in_full():
     files = KernelFiles(VM_TREE)
     fine = mm_stats.choose_stride(9768, 9768, 1 << 30)
-    one = FakeMemory(lambda addr: 1)
-    table = MmStatsTable(files, scan_ranges=one.scan_ranges)
+    memory = FakeMemory(lambda addr: 1)
+    table = MmStatsTable(files, scan_ranges=memory.scan_ranges)
     snapshot = table.observe(process(9768), budget(), local_node=1)
-    assert {stride for _, stride in one.calls} == {snapshot.stride} and snapshot.stride > 4 * fine
-    assert set(snapshot.node_pages) == {1} and snapshot.node_pages[1] == pytest.approx(9768, rel=0.35)
-    assert table.counters.coarse_scans == 1
+    coarse = memory.calls[0][1]
+    assert coarse > 4 * fine and [stride for _, stride in memory.calls[1:]] in ([], [fine])
+    biggest = max(snapshot.vmas, key=lambda v: v.end - v.start)
+    assert biggest.node_pages == {1: pytest.approx(biggest.end // PAGE - biggest.start // PAGE, rel=0.05)}
+    again = [start for ranges, stride in memory.calls[1:] for start, _ in ranges]
+    assert biggest.start not in again                        # settled by the coarse look
+    assert set(snapshot.node_pages) == {1}
+    memory.calls.clear()
+    table.observe(process(9768), budget(), local_node=0)    # its threads elsewhere: all of it in full
+    assert [stride for _, stride in memory.calls][-1] == fine
+    assert biggest.start in [start for ranges, _ in memory.calls[1:] for start, _ in ranges]
     mixed = FakeMemory(bound_placement(files))
     table = MmStatsTable(files, scan_ranges=mixed.scan_ranges)
     snapshot = table.observe(process(9768), budget())
-    strides = [stride for _, stride in mixed.calls]
-    assert strides[0] > 4 * fine and strides[-1] == fine == snapshot.stride   # the coarse look, then in full
-    assert len(set(snapshot.node_pages)) > 1 and table.counters.coarse_scans == 0
+    assert snapshot.stride == fine and len(set(snapshot.node_pages)) > 1
+    assert table.counters.coarse_scans == 0
 
 
 def test_a_quiet_process_keeps_its_last_scan_a_few_passes_while_its_threads_and_rss_stay():
