@@ -229,6 +229,11 @@ class PassReport:
         return f"{sum(v for k, v in self.cpu_s.items() if k != 'pause'):.2f} CPU s ({parts}{pause})"
 
 
+def _decision_line(action, result: str) -> str:
+    """One decision as the log and the pass report give it: what, and how it went."""
+    return f"{action.describe()} [{result}]"
+
+
 class _PartClock:
     """CPU seconds between marks, by the part of a pass just finished."""
 
@@ -607,7 +612,7 @@ class Daemon:
             self.policy_state = plan.state
             self._quiet = self._quiet_after(snapshot, plan)
             results = self._act(plan)
-            lines = [f"{action.describe()} [{result}]" for action, result in zip(plan.actions, results)]
+            lines = [_decision_line(action, result) for action, result in zip(plan.actions, results)]
             self.policy_state = self._deferred_stay_agreed(plan, results)
         cpu.mark("act")
         self.mm.end_pass()
@@ -757,7 +762,7 @@ class Daemon:
     # ------------------------------------------------------------------ acting
     def apply(self, plan: Plan) -> list[str]:
         """Carry out the plan (or, dry, only say it); one line per action: what, and its result."""
-        return [f"{action.describe()} [{result}]" for action, result in zip(plan.actions, self._act(plan))]
+        return [_decision_line(action, result) for action, result in zip(plan.actions, self._act(plan))]
 
     def _act(self, plan: Plan) -> list[str]:
         """The result of each of the plan's actions, in order, each logged as a decision."""
@@ -773,7 +778,7 @@ class Daemon:
             else:
                 result = migrations[action]
             results.append(result)
-            self._log_decision(action, result, f"{action.describe()} [{result}]")
+            self._log_decision(action, result, _decision_line(action, result))
         return results
 
     def _move(self, m: MoveTask) -> str:

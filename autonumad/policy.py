@@ -889,8 +889,10 @@ process that is local enough)."""
 
 
 SPREAD_REMNANT_LOCALITY = 0.95
-"""A process whose runnable threads run on several nodes, with this share of its movable
-memory on those nodes, has the rest (on nodes none of them runs on) left alone: what its
+"""A process with this share of its movable memory on the nodes its runnable threads run
+on has the rest (on nodes none of them runs on) left alone. Meant for processes spread over
+several nodes, it holds for those on one node too, below REMNANT_LOCALITY (which, above it,
+spares a process on one node even its votes): what its
 threads write there is mostly interpreter and allocator pages first touched wherever a
 thread ran before it was placed, much of it shared with the parent since fork; each
 write-fault window finds a few more such regions, so moving them would go on pass after
