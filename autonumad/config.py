@@ -357,8 +357,10 @@ class ScanConfig:
         "Pages whose node is sampled in one batch (AutoNUMA's "
         "knuma_scand/pages_to_scan). Runtime knob."), runtime=True)
     cpu_ceiling_percent: float = setting(5.0, Float(0.1, 100.0), (
-        "Ceiling on the daemon's own CPU use, in percent of one CPU; the scanner "
-        "lengthens its pauses to stay under it."))
+        "Ceiling on the daemon's own CPU use, in percent of one CPU, page moves aside; "
+        "the scanner lengthens its pauses to stay under it. A daemon that was quiet may "
+        "spend 30 s worth of it at once, so over any stretch of time it stays under "
+        "this share of (that stretch + 30 s)."))
     sample_stride_pages: int = setting(0, Int(0, MAX_PAGES), (
         "Sample one page in every N of a mapping (raised to the next N sharing no "
         "factor with 2..nodes, so interleaved memory is sampled evenly). 0: adaptive, "

@@ -52,7 +52,7 @@ from autonumad.off_switch import noautonuma_on_cmdline, off_reason
 from autonumad.placement_advice import advise
 from autonumad.plan import ExchangeTasks, MigratePages, MoveTask, Plan, PolicyState
 from autonumad.policy import PolicyConfig, Snapshot, plan_pass
-from autonumad.policy_snapshot import GroupRange, SnapshotBuilder, node_mb, process_locality
+from autonumad.policy_snapshot import GroupRange, SnapshotBuilder, locality_bound, node_mb, process_locality
 from autonumad.processes import NewProcessWatch, ProcessDiscovery, ProcessFilter, ProcessInfo, ProcessKey
 from autonumad.scan_pacing import ScanBudget
 from autonumad.state_file import DaemonState, StateFile, ThreadKey
@@ -88,6 +88,11 @@ TOPOLOGY_FULL_READ_PASSES = 20
 REARM_AFTER_S = 30.0
 """How often a process spread over nodes gets a pair of write-fault windows while things
 move; once settled, every two pauses between passes (_pass_interval_ms)."""
+AT_BOUND_MARGIN = 0.05
+"""A process below the locality target counts as settled, not misplaced, when its locality
+is within this of its bound (policy_snapshot.locality_bound: its busy threads spread over
+nodes, as one bigger than a node must be): no placement of its memory does better, so its
+passes back off from the full interval, as a settled system's do."""
 MIGRATE_WAIT_S = 1.0
 """How long a pass may wait in all for migration tokens before deferring the rest."""
 IDLE_WAIT_S = 60.0
@@ -109,7 +114,9 @@ moved fewer than STUCK_MOVED_SHARE of them, sets that node's groups of the proce
 (stuck_sources): what is left there is mostly pages it shares (since a fork), and other
 groups sampled there later would be mostly the same."""
 CPU_CREDIT_WINDOW_S = 30.0
-"""The CPU ceiling holds over this window: a quiet daemon may spend its credit at once."""
+"""The CPU ceiling holds over this window: a quiet daemon may spend its credit at once
+(the ceiling's share of it), so that a new misplacement is acted on without delay; over
+any stretch of T seconds the daemon spends about the ceiling's share of T + this at most."""
 OFF_NODE_SAMPLES = 1024
 """The scan of a process whose busy threads share one node keeps up to this many of its
 sampled pages found elsewhere: where in each mapping they lie narrows what the mover walks
@@ -457,6 +464,7 @@ class Daemon:
             return active
         target = self.config.policy.locality_target
         misplaced = any(p["locality"] is not None and p["locality"] < target
+                        and p["locality"] < (p.get("locality_bound") or 1.0) - AT_BOUND_MARGIN
                         for p in self.published["managed_processes"])
         if misplaced:  # as settled as it can be: from the short interval up to the longest
             interval = min(longest, active << min(self._quiet_passes - 1, 16))  # 1, 2, 4... times
@@ -935,9 +943,11 @@ class Daemon:
             for t in view.tasks:
                 threads_per_node[t.cpu_node] += 1
             locality = process_locality(view)
+            bound = locality_bound(view, self.policy_config.runnable_threshold)
             managed.append({
                 "pid": view.pid, "comm": view.comm,
                 "locality": None if locality is None else round(locality, 3),
+                "locality_bound": None if bound is None else round(bound, 3),
                 "memory_mb": node_mb(view.node_pages), "threads": len(view.tasks),
                 "nodes": sorted({t.cpu_node for t in view.tasks}),
             })

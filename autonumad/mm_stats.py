@@ -75,8 +75,9 @@ COARSE_RESIDENT_SAMPLES = 512
 A mapping whose every sampled page is on one node, the node its threads run on (any one
 node when they run on several), keeps those figures: whatever other nodes hold of it is
 then under 1 % at 95 % confidence when it is most of the process (0.99^512 < 0.01), and
-there is nothing of it to move. The other mappings (on another node or on several,
-small ones the coarse stride missed) are sampled again at the full stride. A settled
+there is nothing of it to move. The other mappings (on another node or on several) are
+sampled again at the full stride; those too small for COARSE_MIN_SAMPLES at the coarse
+stride (most of a process's mappings: libraries' data, stacks) only at the full one. A settled
 process's big buffers cost an eighth of the queries they did; its small mixed mappings
 (heap, stacks) little."""
 COARSE_MIN_SAMPLES = 64
@@ -343,7 +344,7 @@ def sampled_snapshot(key: ProcessKey, mappings: Sequence[MapsEntry], stride: int
     totals: dict[int, float] = {}
     for m, node_pages, vma in zip(mappings, per_vma, kept):
         if vma is None:
-            kind, policy = known.get(m.start, (mapping_kind(m), None))
+            kind, policy = known.get(m.start) or (mapping_kind(m), None)
             vma = VmaStats(m.start, m.end, kind, m.path, policy, dict(sorted(node_pages.items())))
         vmas.append(vma)
         for node, pages in vma.node_pages.items():
@@ -527,15 +528,19 @@ class MmStatsTable:
                 coarse = choose_stride(rss, mapped, self.pages_to_scan, self.sample_stride_pages, self.n_nodes,
                                        COARSE_RESIDENT_SAMPLES)
                 snapshot = None
-                if coarse > stride:
+                # the coarse look skips the mappings too small to settle by it (most of them:
+                # libraries' data, stacks), which the full look samples anyway
+                big = [m for m in moving if m.pages >= COARSE_MIN_SAMPLES * coarse]
+                if coarse > stride and big:
                     first = sampled_snapshot(
-                        key, mappings, coarse, self.scan_ranges, budget, self.rng, self.clock(), state.known,
-                        local_node, 0, carried, state.policies_read, state.chosen_policies)
+                        key, big, coarse, self.scan_ranges, budget, self.rng, self.clock(), state.known,
+                        local_node, 0, None, state.policies_read, state.chosen_policies)
                     settled = _settled_vmas(first, carried, local_node)
-                    if len(settled) + len(carried) == len(mappings):
-                        snapshot = first
-                        self.counters.coarse_scans += 1
                     carried = {**carried, **settled}
+                    if len(carried) == len(mappings):
+                        snapshot = replace(first, vmas=tuple(carried[m.start] for m in mappings),
+                                           node_pages=_sum_nodes(carried[m.start].node_pages for m in mappings))
+                        self.counters.coarse_scans += 1
                 if snapshot is None:
                     snapshot = sampled_snapshot(
                         key, mappings, stride, self.scan_ranges, budget, self.rng, self.clock(), state.known,

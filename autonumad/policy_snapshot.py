@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import bisect
 
+from collections import Counter
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -301,6 +302,18 @@ def process_locality(view: ProcessView) -> float | None:
         weights = [1.0] * len(view.tasks)
     local = sum(w * view.node_pages.get(t.cpu_node, 0) for w, t in zip(weights, view.tasks))
     return local / total / sum(weights)
+
+
+def locality_bound(view: ProcessView, runnable_threshold: float) -> float | None:
+    """The best locality the process can have with its busy threads on the nodes they run
+    on now: with each thread touching all of its memory, the most of it one node can hold
+    is local to that node's threads only, max over nodes of (busy threads there) / (busy
+    threads). 1.0 when they share one node; None when none is busy. A process spread over
+    nodes because it is bigger than one (AutoNUMA's numa01 with more threads than a node
+    has CPUs) sits at this bound once balanced, below any locality target."""
+    busy = Counter(t.cpu_node for t in view.tasks if t.runnable_weight >= runnable_threshold)
+    total = sum(busy.values())
+    return max(busy.values()) / total if total else None
 
 
 def node_mb(node_pages: Mapping[int, float], page_size: int = 4096) -> dict[str, float]:

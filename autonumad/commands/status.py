@@ -120,16 +120,22 @@ def _process_lines(processes: Sequence[Mapping[str, Any]], node_ids: Sequence[st
     if not processes:
         return ["managed processes: none"]
     columns = sorted({*node_ids, *(n for p in processes for n in p.get("memory_mb", {}))}, key=int)
+    # BEST: the locality a process spread over nodes can reach with its threads where they
+    # run (numa01 bigger than one node); shown only when some process has such a bound
+    spread = any((p.get("locality_bound") or 1.0) < 1.0 for p in processes)
     rows = []
     for p in processes:
-        locality = p.get("locality")
+        locality, bound = p.get("locality"), p.get("locality_bound")
         memory = p.get("memory_mb", {})
         rows.append([p.get("pid"), p.get("comm", "?"), p.get("threads", "-"),
                      "-" if locality is None else f"{locality * 100:.0f}%",
+                     *(["-" if bound is None else f"{bound * 100:.0f}%"] if spread else []),
                      *(f"{memory.get(n, 0):.1f}" for n in columns),
                      format_list(p.get("nodes", [])) or "-"])
-    header = ["PID", "COMMAND", "THREADS", "LOCAL", *(f"NODE {n} MB" for n in columns), "RUNS ON"]
-    return [f"managed processes: {len(processes)}", *table(header, rows, "rlrr" + "r" * len(columns) + "l")]
+    header = ["PID", "COMMAND", "THREADS", "LOCAL", *(["BEST"] if spread else []),
+              *(f"NODE {n} MB" for n in columns), "RUNS ON"]
+    align = "rlrr" + ("r" if spread else "") + "r" * len(columns) + "l"
+    return [f"managed processes: {len(processes)}", *table(header, rows, align)]
 
 
 def _counter_lines(counters: Mapping[str, int], page_status: Mapping[str, int]) -> list[str]:

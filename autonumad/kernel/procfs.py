@@ -33,6 +33,7 @@ tests/fixtures/proc/vm2node, and on 6.18 on the host):
 
 from __future__ import annotations
 
+import bisect
 import os
 import re
 from collections.abc import Sequence
@@ -453,13 +454,13 @@ def pages_exclusive(files: KernelFiles, pid: int, addrs: Sequence[int]) -> dict[
             spans.append((page, 1))
     chunks = files.read_spans(f"proc/{pid}/pagemap",
                               [(first * PAGEMAP_ENTRY, count * PAGEMAP_ENTRY) for first, count in spans])
-    entries: dict[int, int] = {}
-    for (first, _), chunk in zip(spans, chunks):
-        for i in range(len(chunk) // PAGEMAP_ENTRY):
-            entries[first + i] = int.from_bytes(chunk[i * PAGEMAP_ENTRY:(i + 1) * PAGEMAP_ENTRY], "little")
+    span_starts = [first for first, _ in spans]
     out = {}
     for addr in addrs:
-        entry = entries.get(addr // PAGE_SIZE, 0)
+        page = addr // PAGE_SIZE
+        i = bisect.bisect_right(span_starts, page) - 1
+        at = (page - span_starts[i]) * PAGEMAP_ENTRY
+        entry = int.from_bytes(chunks[i][at:at + PAGEMAP_ENTRY], "little")  # short read: b"", 0
         if entry & PAGEMAP_PRESENT:
             out[addr] = bool(entry & PAGEMAP_EXCLUSIVE)
     return out

@@ -141,6 +141,20 @@ def test_status_summarises_balancing_nodes_processes_counters_and_knobs(daemon, 
     assert daemon.calls == [("status", {})]
 
 
+def test_status_shows_the_best_locality_a_process_spread_over_nodes_can_reach(daemon, capsys):
+    daemon.status["managed_processes"] = [
+        {"pid": 3100, "comm": "numa01", "locality": 0.497, "locality_bound": 0.5, "threads": 2,
+         "memory_mb": {"0": 200.0, "1": 0.0}, "nodes": [0, 1]},
+        {"pid": 3300, "comm": "small", "locality": 1.0, "locality_bound": 1.0, "threads": 1,
+         "memory_mb": {"0": 10.0}, "nodes": [0]}]
+    rc, out, _ = ctl(capsys, daemon.path, "status")
+    lines = out.splitlines()
+    assert rc == 0 and any(line.split()[:5] == ["PID", "COMMAND", "THREADS", "LOCAL", "BEST"] for line in lines)
+    assert next(line for line in lines if "numa01" in line).split() == ["3100", "numa01", "2", "50%", "50%",
+                                                                         "200.0", "0.0", "0-1"]
+    assert next(line for line in lines if "small" in line).split()[3:5] == ["100%", "100%"]
+
+
 def test_status_says_why_balancing_is_off(daemon, capsys):
     daemon.status.update(balancing=False, off_reason="single-node machine: nothing to balance",
                          managed_processes=[], kernel_numa_balancing={"current": "1", "original": None},

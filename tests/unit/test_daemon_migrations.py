@@ -191,6 +191,19 @@ def test_a_misplacement_nothing_can_be_done_about_is_looked_at_less_and_less_oft
     assert d._pass_interval_ms() == 2000                        # something moved: short again
 
 
+def test_a_process_spread_over_nodes_at_its_locality_bound_lets_passes_back_off_as_settled(tmp_path):
+    from autonumad.daemon import PassReport
+    d = make_daemon(tmp_path)
+    d.published["managed_processes"] = [{"locality": 0.48, "locality_bound": 0.5}]   # numa01 over two nodes
+    d.last_pass = PassReport(actions=0)
+    assert [d._pass_interval_ms() for _ in range(4)] == [10000, 20000, 40000, 60000]
+    d.published["managed_processes"] = [{"locality": 0.3, "locality_bound": 0.5}]    # below it: misplaced
+    d.last_pass = PassReport(actions=2)
+    d._pass_interval_ms()
+    d.last_pass = PassReport(actions=0)
+    assert [d._pass_interval_ms() for _ in range(2)] == [2000, 4000]
+
+
 def test_movers_run_at_mover_nice_then_go_back_and_move_anyway_without_the_privilege(tmp_path, monkeypatch):
     from autonumad import daemon as daemon_module
     from autonumad.kernel import sched

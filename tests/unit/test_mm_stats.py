@@ -395,6 +395,11 @@ def test_mappings_all_on_the_threads_node_are_told_by_a_coarse_look_the_rest_sam
     assert biggest.node_pages == {1: pytest.approx(biggest.end // PAGE - biggest.start // PAGE, rel=0.05)}
     again = [start for ranges, stride in memory.calls[1:] for start, _ in ranges]
     assert biggest.start not in again                        # settled by the coarse look
+    looked = [(start, end) for ranges, stride in memory.calls if stride == coarse for start, end in ranges]
+    assert looked and all(end - start >= mm_stats.COARSE_MIN_SAMPLES * coarse * PAGE for start, end in looked)
+    small = [v for v in snapshot.vmas if v.end - v.start < mm_stats.COARSE_MIN_SAMPLES * coarse * PAGE
+             and mm_stats.movable_mapping(v.path)]
+    assert small and {v.start for v in small} <= set(again)  # too small to settle: only the full look
     assert set(snapshot.node_pages) == {1}
     memory.calls.clear()
     table.observe(process(9768), budget(), local_node=0)    # its threads elsewhere: all of it in full

@@ -6,7 +6,8 @@ from dataclasses import replace
 from autonumad.kernel.files import KernelFiles
 from autonumad.kernel.procfs import CLOCK_TICKS, MemPolicy
 from autonumad.mm_stats import MmSnapshot, VmaStats
-from autonumad.policy_snapshot import GroupRange, SnapshotBuilder, group_id, mapping_groups, process_locality
+from autonumad.policy_snapshot import (GroupRange, SnapshotBuilder, group_id, locality_bound, mapping_groups,
+                                      process_locality)
 from autonumad.processes import ProcessInfo, ProcessKey
 from autonumad.task_stats import REGION_BYTES, RegionTouches, ThreadStats
 from autonumad.topology import read_topology
@@ -206,6 +207,14 @@ def test_process_locality_weighs_threads_by_how_busy_they_are():
     assert abs(process_locality(view) - (0.01 * 0.1 + 0.99 * 0.9)) < 1e-9
     idle = ProcessView(1, 2, "app", {0: 900, 1: 100}, (TaskView(1, 1, 0.0), TaskView(2, 0, 0.0)), ())
     assert abs(process_locality(idle) - 0.5) < 1e-9
+
+
+def test_locality_bound_is_the_largest_share_of_busy_threads_on_one_node():
+    from autonumad.policy import ProcessView, TaskView
+    tasks = (TaskView(1, 0, 0.01), TaskView(2, 0, 1.0), TaskView(3, 1, 1.0), TaskView(4, 2, 0.9), TaskView(5, 0, 0.8))
+    assert locality_bound(ProcessView(1, 2, "numa01", {0: 100}, tasks, ()), 0.2) == 0.5   # 2 of 4 busy on node 0
+    assert locality_bound(ProcessView(1, 2, "one", {0: 100}, tasks[1:2], ()), 0.2) == 1.0
+    assert locality_bound(ProcessView(1, 2, "idle", {0: 100}, tasks[:1], ()), 0.2) is None
 
 
 def test_process_locality_is_memory_on_each_threads_node():
