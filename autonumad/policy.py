@@ -13,8 +13,8 @@ CPU follows memory
 A thread's weight on a node is AutoNUMA's: 1000 x the share of its memory on that
 node. "Its memory" is its process's per-node pages, or the thread's own per-node
 access counts when those differ from its process's by at least
-`thread_stats_difference` (total variation distance), as for a numa02 thread that
-sweeps only its own slice. A small nearness term (at most 100, from the SLIT
+`thread_stats_difference` (total variation distance) and two write-fault windows saw
+it write (OWN_STATS_WINDOWS), as for a numa02 thread that sweeps only its own slice. A small nearness term (at most 100, from the SLIT
 distances) is added so that, among places of equal weight, the one nearer the
 memory wins; alone it never pays for a move.
 
@@ -126,6 +126,14 @@ WEIGHT_FULL = 1000
 NEARNESS_FULL = 100
 """The most the nearness tie-break adds (all memory local); remote memory adds less the farther it is."""
 
+OWN_STATS_WINDOWS = 2
+"""A thread's own access counts stand for its memory once this many write-fault windows saw
+it write. One window shows only which thread wrote each page first: two threads sweeping
+one buffer half a buffer apart split it cleanly between them, each "owning" the half it
+reached first, and where that buffer spans two nodes the split reads as a reason to swap
+them; the next window, begun at another point of the sweep, splits it elsewhere and the
+counts mix (AutoNUMA's two scans agree, for threads)."""
+
 _FREE = -1
 """The solver's extra vertex, standing for CPUs taken and given up (node ids are >= 0)."""
 
@@ -168,6 +176,8 @@ class TaskView:
     held: bool = True
     """Its affinity keeps it on the node it runs on (a pin of the daemon's or of its user's);
     False when the kernel may move it to another node (as after its CPUs went offline)."""
+    access_windows: int = OWN_STATS_WINDOWS
+    """How many write-fault windows saw it write (its own counts weigh from OWN_STATS_WINDOWS)."""
 
 
 @dataclass(frozen=True)
@@ -428,7 +438,7 @@ def _memory_shares(process: ProcessView, task: TaskView,
     """The per-node shares that define the thread's weights, and whether they are its own."""
     process_shares = _shares(process.node_pages)
     own = _shares(task.access_pages)
-    if own:
+    if own and task.access_windows >= OWN_STATS_WINDOWS:
         nodes = own.keys() | process_shares.keys()
         difference = sum(abs(own.get(n, 0.0) - process_shares.get(n, 0.0)) for n in nodes) / 2
         # threads that write the same memory: what a window saw each of them write first is no

@@ -129,6 +129,7 @@ class SnapshotBuilder:
                 tasks.append(TaskView(
                     tid=t.tid, cpu_node=t.current_node, runnable_weight=max(0.0, weight),
                     access_pages={n: int(c) for n, c in sorted(t.accesses.items()) if c >= 1},
+                    access_windows=t.access_windows,
                     user_pinned=pinned, held=held))
             skip = {gid for pid, start, gid in skip_groups if (pid, start) == (key.pid, key.start_time)}
             touched = (regions or {}).get(key)

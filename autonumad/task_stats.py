@@ -68,6 +68,7 @@ class ThreadStats:
     looks: int = 1
     run_ns: dict[int, float] = field(default_factory=dict)     # decayed run time per node
     accesses: dict[int, float] = field(default_factory=dict)   # decayed sampled writes per node of the page
+    access_windows: int = 0   # write-fault windows that saw it write (add_accesses calls crediting it)
 
     def preferred_node(self) -> int | None:
         if sum(self.accesses.values()) >= MIN_ACCESS_SAMPLES:
@@ -140,16 +141,21 @@ class TaskStatsTable:
 
     def add_accesses(self, key: ProcessKey, samples: Sequence[tuple[int, int, int]],
                      nodes: Sequence[int]) -> int:
-        """Count sampled writes: samples[i] = (tid, address, cpu), nodes[i] = the node of
-        that page (negative: not present). Returns how many were credited to a thread."""
+        """Count sampled writes of one window: samples[i] = (tid, address, cpu), nodes[i] =
+        the node of that page (negative: not present). Returns how many were credited to a
+        thread."""
         threads = self._processes.get(key, {})
         credited = 0
+        seen: set[int] = set()
         for (tid, _addr, _cpu), node in zip(samples, nodes):
             stats = threads.get(tid)
             if stats is None or node < 0:
                 continue
             _add(stats.accesses, node, 1.0)
+            seen.add(tid)
             credited += 1
+        for tid in seen:
+            threads[tid].access_windows += 1
         return credited
 
     def end_pass(self) -> None:

@@ -142,6 +142,15 @@ def test_thread_statistics_override_the_process_when_they_differ():
     assert p.actions[0].moves[0].reason == "95% of its own accesses are on node 1, 5% on node 0"
 
 
+def test_thread_statistics_from_one_window_are_not_yet_used():
+    # one window: each thread "owns" the half of a shared buffer it wrote first
+    split = process(300, [thread(301, 0, access_pages={0: 50, 1: 950}, access_windows=1),
+                          thread(302, 1, access_pages={0: 950, 1: 50}, access_windows=1)], {0: 500, 1: 500})
+    assert moves(plan(machine(), split)) == {}
+    again = replace(split, tasks=tuple(replace(t, access_windows=2) for t in split.tasks))   # a second agrees
+    assert moves(plan(machine(), again)) == {301: (0, 1), 302: (1, 0)}
+
+
 def test_thread_statistics_close_to_the_process_are_not_used():
     p = process(300, [thread(301, 0, access_pages={0: 40, 1: 60})], {0: 30, 1: 70})
     assert plan(machine(), p).actions[0].reason.startswith("70% of its memory is on node 1")

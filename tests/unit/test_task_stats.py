@@ -43,6 +43,14 @@ def test_first_look_is_a_baseline_then_run_time_goes_to_the_current_node():
     assert t.threads(KEY)[0].preferred_node() == 1
 
 
+def test_each_window_that_saw_a_thread_write_is_counted():
+    t = TaskStatsTable(CPU_NODES)
+    t.observe(KEY, [snap(101, 0, 0), snap(102, 0, 0)])
+    t.add_accesses(KEY, [(101, 0x1000, 0)] * 3 + [(102, 0x2000, 0)], [1] * 4)
+    t.add_accesses(KEY, [(101, 0x1000, 0), (102, 0x3000, 0)], [1, -2])   # 102's page was not present
+    assert [th.access_windows for th in t.threads(KEY)] == [2, 1]
+
+
 def test_figures_are_halved_each_pass():
     t = TaskStatsTable(CPU_NODES)
     t.observe(KEY, [snap(101, 0, 0)])
