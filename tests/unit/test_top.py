@@ -236,7 +236,11 @@ def run_on_pty(argv, keys=b"", after=1.0, deadline=20.0):
                     break
                 output += chunk
     finally:
+        # a child that closed its terminal may take a moment more to exit (a loaded machine)
         done, status = os.waitpid(pid, os.WNOHANG)
+        while not done and time.monotonic() - start < deadline:
+            time.sleep(0.05)
+            done, status = os.waitpid(pid, os.WNOHANG)
         if not done:
             os.kill(pid, 9)
             _, status = os.waitpid(pid, 0)
