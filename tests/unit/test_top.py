@@ -9,6 +9,7 @@ import pty
 import select
 import shutil
 import subprocess
+import signal
 import sys
 import time
 
@@ -219,6 +220,9 @@ def run_on_pty(argv, keys=b"", after=1.0, deadline=20.0):
     pid, fd = pty.fork()
     if pid == 0:
         os.environ.update(COLUMNS="120", LINES="30")
+        # as from a terminal: a runner started in the background (`cmd &` in a script) hands
+        # its children SIGINT ignored, and Python then installs no handler for ctrl-c
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.execv(sys.executable, [sys.executable, "-c", RUN_TOP, *argv])
     output, typed, start = b"", not keys, time.monotonic()
     try:
