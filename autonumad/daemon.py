@@ -579,6 +579,7 @@ class Daemon:
         self.managed_keys = [info.key for info in found.processes]
         cpu.mark("discover")
         observed = []
+        spread: set[ProcessKey] = set()
         for info in found.processes:
             self.notifier.watchdog()
             looked = self.tasks.look(self.files, info.key)
@@ -587,6 +588,8 @@ class Daemon:
                 continue
             busy_nodes = self.tasks.busy_thread_nodes(info.key)
             local = next(iter(busy_nodes)) if len(busy_nodes) == 1 else -1
+            if len(busy_nodes) > 1:
+                spread.add(info.key)
             mm = self.mm.observe(info, self.budget, local, OFF_NODE_SAMPLES if local >= 0 else 0,
                                  quiet=info.key in self._quiet)
             cpu.mark("memory")
@@ -605,7 +608,12 @@ class Daemon:
                 now, procfs.read_uptime(self.files), self.topology, observed, self._affinity,
                 self._owned_affinity, self.config.respect.user_affinity, self.config.respect.user_mempolicy,
                 skip_groups=self.stuck_groups.keys(), skip_sources=self.stuck_sources.keys(),
-                regions=self.sampler.regions, region_versions=self.sampler.versions,
+                # a process whose busy threads came together on one node is seen through its
+                # mappings (the scan: all of its memory) at once, not through the regions a
+                # window saw it write while it was spread (a part of a sweep and the
+                # interpreter's pages, which then read as a tenth of its memory elsewhere)
+                regions={k: v for k, v in self.sampler.regions.items() if k in spread},
+                region_versions=self.sampler.versions,
                 node_busy=self._node_busy(), inherited_pin=self._inherited_pin)
             self._not_inherited, self._not_inherited_next = self._not_inherited_next, {}
             cpu.mark("snapshot")

@@ -370,7 +370,7 @@ def _settled_vmas(coarse: MmSnapshot, carried: Mapping[int, VmaStats], local_nod
 
 def _carried(vmas: Sequence[VmaStats], mappings: Sequence[MapsEntry]
              ) -> tuple[dict[int, VmaStats], list[MapsEntry], float]:
-    """What a sampled pass keeps from the last numa_maps read instead of sampling it: private,
+    """What a sampled pass keeps from the snapshot before instead of sampling it: private,
     read-only file mappings (program and library text and constants: most mappings, little
     memory, never moved, never growing); shared or writable ones (shared memory, memfd, data
     files) are sampled, as they may hold much of a process's memory and grow. Returns the
@@ -409,8 +409,10 @@ class _ProcessState:
     unchanged, and parsing a few hundred lines is a good part of a pass under TCG."""
     mappings: list[MapsEntry] = field(default_factory=list)
     carried: tuple[dict[int, VmaStats], list[MapsEntry], float] | None = None
-    """For the maps above: the figures kept from the last numa_maps read (by mapping start),
-    the mappings sampled instead, and the pages kept."""
+    """For the maps above: the figures kept from the snapshot before them, numa_maps's or the
+    first sampled one's (by mapping start), the mappings sampled instead, and the pages kept
+    (None until the process has a snapshot: a first look samples every mapping, and the next
+    one keeps what that found of the read-only file mappings)."""
     scanned_rss_pages: int = 0
     """The process's RSS when the snapshot was taken, and the passes it was kept since (quiet)."""
     quiet_passes: int = 0
@@ -520,9 +522,9 @@ class MmStatsTable:
                     state.maps_text, state.mappings = text, sampled_mappings(procfs.parse_maps(text))
                     state.carried = None
                 mappings = state.mappings
-                if state.carried is None:
-                    state.carried = _carried(state.snapshot.vmas if state.snapshot else (), mappings)
-                carried, moving, kept_pages = state.carried
+                if state.carried is None and state.snapshot is not None:
+                    state.carried = _carried(state.snapshot.vmas, mappings)
+                carried, moving, kept_pages = state.carried or ({}, mappings, 0.0)
                 rss, mapped = max(1, process.rss_pages - int(kept_pages)), sum(m.pages for m in moving)
                 stride = choose_stride(rss, mapped, self.pages_to_scan, self.sample_stride_pages, self.n_nodes)
                 coarse = choose_stride(rss, mapped, self.pages_to_scan, self.sample_stride_pages, self.n_nodes,

@@ -218,8 +218,9 @@ class ProcessDiscovery:
         """Per busy process: (comm, executable name, cgroup, when read, uid, hugetlb KiB). The
         executable name (from cmdline, when comm is cut short) is read again when comm changes
         (an exec), the cgroup every NAMES_RECHECK_S, and so are the uid and hugetlb memory (from
-        status) of a process older than YOUNG_S with no hugetlb memory (at every pass
-        otherwise: one setting up may change its uid, hugetlb memory may grow unseen by stat);
+        status) of a process with no hugetlb memory that is older than YOUNG_S or admitted
+        already (at every pass otherwise: one setting up may change its uid, hugetlb memory
+        may grow unseen by stat, and either may let it in);
         the RSS in between comes from stat: up to three reads fewer per busy process and pass."""
         self._idle_read_at: dict[int, float] = {}
         """PIDs found too idle to balance at their last read, and when: read again only
@@ -344,7 +345,8 @@ class ProcessDiscovery:
             names = (stat.comm, exe_name, procfs.cgroup_path(procfs.read_cgroup(self.files, pid)), now,
                      status.uids[0], status.hugetlb_kb)
             rss_kb = status.vm_rss_kb + status.hugetlb_kb
-        elif young or names[5]:  # setting up (setuid, hugetlb) or hugetlb in use: status each pass
+        elif young and key not in self._admitted or names[5]:  # setting up (setuid, hugetlb), not yet
+            # admitted, or hugetlb in use: status each pass (an admitted job's is read every NAMES_RECHECK_S)
             status = procfs.read_status(self.files, pid)
             names = names[:4] + (status.uids[0], status.hugetlb_kb)
             rss_kb = status.vm_rss_kb + status.hugetlb_kb

@@ -370,6 +370,26 @@ def test_sampled_passes_keep_read_only_file_mappings_from_numa_maps_and_sample_t
     assert {v.start for v in writable} <= scanned                   # a data file or shared memory may grow
 
 
+def test_a_process_never_read_exact_keeps_its_first_sampled_read_only_file_mappings():
+    files = KernelFiles(VM_TREE)
+    memory = FakeMemory(lambda addr: 0)
+    table = MmStatsTable(files, scan_ranges=memory.scan_ranges)
+    first = table.observe(process(9768), budget())
+    scanned_first = {start for ranges, _ in memory.calls for start, _ in ranges}
+    table.end_pass()
+    memory.calls.clear()
+    second = table.observe(process(9768), budget())
+    assert not second.policies_read
+    perms = {m.start: m.perms for m in procfs.read_maps(files, MIXED)}
+    read_only = {v.start for v in first.vmas if not mm_stats.movable_mapping(v.path)
+                 and perms[v.start][1] != "w" and perms[v.start][3] == "p"}
+    assert read_only and read_only <= scanned_first                 # the first look samples them
+    scanned = {start for ranges, _ in memory.calls for start, _ in ranges}
+    assert scanned and not scanned & read_only                      # the next keeps what it found
+    by_start = {v.start: v for v in second.vmas}
+    assert all(by_start[v.start] is v for v in first.vmas if v.start in read_only)
+
+
 def test_numa_maps_is_read_again_every_so_many_passes():
     files = KernelFiles(VM_TREE)
     memory = FakeMemory(lambda addr: 0)

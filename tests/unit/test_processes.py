@@ -364,6 +364,25 @@ def test_a_young_busy_process_turned_away_for_its_rss_alone_is_watched_as_a_new_
     assert MIXED not in excluded.young_small_pids                       # turned away for more than its RSS
 
 
+def test_a_young_process_has_its_status_read_each_pass_until_admitted(tree, monkeypatch):
+    files = KernelFiles(str(tree))
+    start = procfs.read_stat(files, MEMBIND).start_time_ticks
+    (tree / "proc" / "uptime").write_text(f"{start / procfs.CLOCK_TICKS + 10:.2f} 0.00\n")  # 10 s old
+    statuses = []
+    real = procfs.read_status
+    monkeypatch.setattr(procfs, "read_status", lambda f, pid: statuses.append(pid) or real(f, pid))
+    for min_rss_mb, reads in ((0, 1), (1 << 20, 3)):   # admitted: its status once; turned away: each pass
+        clock = Clock()
+        discovery = ProcessDiscovery(files, ProcessFilter(min_rss_mb=min_rss_mb, min_cpu_percent=0.0),
+                                     clock=clock, own_pid=NOT_US)
+        statuses.clear()
+        for _ in range(3):
+            admitted = [p.pid for p in discovery.discover().processes]
+            clock.now += 1
+        assert (MEMBIND in admitted) == (min_rss_mb == 0)
+        assert statuses.count(MEMBIND) == reads
+
+
 def test_new_process_watch_lists_nothing_while_no_pid_was_handed_out(tree, monkeypatch):
     files = KernelFiles(str(tree))
     (tree / "proc" / "loadavg").write_text("0.10 0.20 0.30 1/90 4000\n")
