@@ -117,6 +117,10 @@ CPU_CREDIT_WINDOW_S = 30.0
 """The CPU ceiling holds over this window: a quiet daemon may spend its credit at once
 (the ceiling's share of it), so that a new misplacement is acted on without delay; over
 any stretch of T seconds the daemon spends about the ceiling's share of T + this at most."""
+SAMPLED_PROCESSES = 4
+"""Processes whose write-fault windows may be open at once (WriteFaultSampler.max_armed):
+the windows of processes spread over nodes at one pass run side by side, and the passes
+that read them serve them all, rather than a pair of windows and its passes each in turn."""
 OFF_NODE_SAMPLES = 1024
 """The scan of a process whose busy threads share one node keeps up to this many of its
 sampled pages found elsewhere: where in each mapping they lie narrows what the mover walks
@@ -297,7 +301,8 @@ class Daemon:
         self._between_passes = False
         self.mm = MmStatsTable.from_config(files, config, n_nodes=len(self.topology.has_memory))
         self.tasks = TaskStatsTable(self.topology.cpu_nodes)
-        self.sampler = WriteFaultSampler(files, self.tasks, enabled=config.scan.fault_sampling)
+        self.sampler = WriteFaultSampler(files, self.tasks, enabled=config.scan.fault_sampling,
+                                         max_armed=SAMPLED_PROCESSES)
         self.budget = ScanBudget.from_config(config.scan, sleep=self._sleep, credit_window_s=CPU_CREDIT_WINDOW_S)
         self.builder = SnapshotBuilder()
         self.policy_state = PolicyState()
