@@ -72,10 +72,12 @@ log = logging.getLogger(__name__)
 TARGET_RESIDENT_SAMPLES = 4096
 COARSE_RESIDENT_SAMPLES = 512
 """A sampled scan first queries about this many pages (a stride 8 times the full one).
-A mapping whose every sampled page is on one node, the node its threads run on (any one
-node when they run on several), keeps those figures: whatever other nodes hold of it is
-then under 1 % at 95 % confidence when it is most of the process (0.99^512 < 0.01), and
-there is nothing of it to move. The other mappings (on another node or on several) are
+A mapping whose every sampled page is on one node keeps those figures: whatever other
+nodes hold of it is then under 1 % at 95 % confidence when it is most of the process
+(0.99^512 < 0.01). On the node its threads run on, there is nothing of it to move; on
+another, all of it is there, which is all the policy needs to know of a big one (to bring
+the threads to it, or it to them: the mover then walks the whole mapping; see
+_settled_vmas for the smaller ones). The other mappings (on several nodes) are
 sampled again at the full stride; those too small for COARSE_MIN_SAMPLES at the coarse
 stride (most of a process's mappings: libraries' data, stacks) only at the full one. A settled
 process's big buffers cost an eighth of the queries they did; its small mixed mappings
@@ -354,16 +356,22 @@ def sampled_snapshot(key: ProcessKey, mappings: Sequence[MapsEntry], stride: int
                       local_node, complete, dict(sorted(totals.items())))
 
 
-def _settled_vmas(coarse: MmSnapshot, carried: Mapping[int, VmaStats], local_node: int) -> dict[int, VmaStats]:
+def _settled_vmas(coarse: MmSnapshot, carried: Mapping[int, VmaStats], local_node: int,
+                  min_off_pages: float) -> dict[int, VmaStats]:
     """Mapping start -> the coarse look's figures, for the mappings it found all on one node,
-    the threads' node when they run on one (nothing of it to move): kept as they are while
-    the rest are sampled in full."""
+    kept as they are while the rest are sampled in full: the threads' node when they run on
+    one (nothing of it to move), or any one node; on another node than the threads' one,
+    only a mapping of `min_off_pages` or more, whose sampled pages would be too many for
+    the full look's list of pages off their node (a smaller one, an interpreter's heap left
+    where the process started, is sampled in full: which of its pages are its own to move
+    is told from that list, MmSnapshot.off_node_shared)."""
     out = {}
     for vma in coarse.vmas:
-        if vma.start in carried or sum(vma.node_pages.values()) < COARSE_MIN_SAMPLES * coarse.stride:
+        pages = sum(vma.node_pages.values())
+        if vma.start in carried or pages < COARSE_MIN_SAMPLES * coarse.stride:
             continue
-        nodes = [n for n, pages in vma.node_pages.items() if pages > 0]
-        if len(nodes) == 1 and (local_node < 0 or nodes[0] == local_node):
+        nodes = [n for n, p in vma.node_pages.items() if p > 0]
+        if len(nodes) == 1 and (local_node < 0 or nodes[0] == local_node or pages >= min_off_pages):
             out[vma.start] = vma
     return out
 
@@ -529,7 +537,7 @@ class MmStatsTable:
                 stride = choose_stride(rss, mapped, self.pages_to_scan, self.sample_stride_pages, self.n_nodes)
                 coarse = choose_stride(rss, mapped, self.pages_to_scan, self.sample_stride_pages, self.n_nodes,
                                        COARSE_RESIDENT_SAMPLES)
-                snapshot = None
+                snapshot, off_local = None, False
                 # the coarse look skips the mappings too small to settle by it (most of them:
                 # libraries' data, stacks), which the full look samples anyway
                 big = [m for m in moving if m.pages >= COARSE_MIN_SAMPLES * coarse]
@@ -537,7 +545,10 @@ class MmStatsTable:
                     first = sampled_snapshot(
                         key, big, coarse, self.scan_ranges, budget, self.rng, self.clock(), state.known,
                         local_node, 0, None, state.policies_read, state.chosen_policies)
-                    settled = _settled_vmas(first, carried, local_node)
+                    settled = _settled_vmas(first, carried, local_node, (max_off_node + 1) * stride)
+                    # a mapping settled on another node than the threads' holds sampled pages
+                    # off theirs that the full look's list then lacks
+                    off_local = local_node >= 0 and any(local_node not in v.node_pages for v in settled.values())
                     carried = {**carried, **settled}
                     if len(carried) == len(mappings):
                         snapshot = replace(first, vmas=tuple(carried[m.start] for m in mappings),
@@ -547,6 +558,8 @@ class MmStatsTable:
                     snapshot = sampled_snapshot(
                         key, mappings, stride, self.scan_ranges, budget, self.rng, self.clock(), state.known,
                         local_node, max_off_node, carried, state.policies_read, state.chosen_policies)
+                    if off_local:
+                        snapshot = replace(snapshot, off_node_complete=False)
                 state.snapshot = self._with_shared(snapshot)
         except ProcessGone:
             log.debug("pid %d (%s) went away during its scan", key.pid, process.comm)

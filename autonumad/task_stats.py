@@ -69,6 +69,7 @@ class ThreadStats:
     run_ns: dict[int, float] = field(default_factory=dict)     # decayed run time per node
     accesses: dict[int, float] = field(default_factory=dict)   # decayed sampled writes per node of the page
     access_windows: int = 0   # write-fault windows that saw it write (add_accesses calls crediting it)
+    state: str = "R"          # its state at the last look (R: running or runnable)
 
     def preferred_node(self) -> int | None:
         if sum(self.accesses.values()) >= MIN_ACCESS_SAMPLES:
@@ -124,7 +125,7 @@ class TaskStatsTable:
             stats = old.get(snap.tid)
             if stats is None or stats.start_time != snap.start_time_ticks:
                 current[snap.tid] = ThreadStats(snap.tid, snap.start_time_ticks, snap.comm, snap.processor,
-                                                node, snap.run_ns)
+                                                node, snap.run_ns, state=snap.state)
                 continue
             ran = snap.run_ns - stats.last_run_ns
             if ran > 0:
@@ -133,7 +134,7 @@ class TaskStatsTable:
                     _add(stats.run_ns, node, ran / 2)
                 elif node is not None:
                     _add(stats.run_ns, node, ran)
-            stats.comm, stats.cpu, stats.current_node = snap.comm, snap.processor, node
+            stats.comm, stats.cpu, stats.current_node, stats.state = snap.comm, snap.processor, node, snap.state
             stats.last_run_ns = snap.run_ns
             stats.looks += 1
             current[snap.tid] = stats
@@ -199,9 +200,14 @@ class TaskStatsTable:
         as much as its busiest thread, the node it ran on most (before run time is measured
         between two looks: its run time so far, and the node it sits on). One busy
         thread that the scheduler moved between nodes counts once: it has no other
-        thread to share its memory with."""
+        thread to share its memory with. Before run time is measured, a thread asleep at the
+        look does not count while another one runs: a job's main thread that first touched its
+        memory (seconds of run time so far) and now waits for its workers is no busy thread,
+        and would make a job of one worker look spread over two nodes at its first look."""
         threads = [s for s in self._processes.get(key, {}).values() if s.current_node is not None]
         measured = any(s.run_ns for s in threads)
+        if not measured and any(s.state == "R" for s in threads):
+            threads = [s for s in threads if s.state == "R"]
         run = {s.tid: (sum(s.run_ns.values()) if measured else float(s.last_run_ns)) for s in threads}
         most = max(run.values(), default=0.0)
         if not most:

@@ -8,7 +8,9 @@
 #include "numa_ext.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
+#include <stdio.h>
 #include <linux/perf_event.h>
 #include <numa.h>
 #include <numaif.h>
@@ -239,17 +241,76 @@ static int move_candidates(int pid, void **pages, const int64_t *cand_range, int
     return 0;
 }
 
+/* pagemap(5) flags of an entry */
+#define PM_PRESENT (1ULL << 63)
+#define PM_MMAP_EXCLUSIVE (1ULL << 56)
+
+/* The process's pagemap, or -1 (then every page of a batch is queried). */
+static int open_pagemap(int pid)
+{
+    char path[48];
+
+    if (pid == 0)
+        snprintf(path, sizeof path, "/proc/self/pagemap");
+    else
+        snprintf(path, sizeof path, "/proc/%d/pagemap", pid);
+    return open(path, O_RDONLY | O_CLOEXEC);
+}
+
+/* Of the n pages from addr, those worth a status query into query[]; their count.
+ * With the pagemap readable: the pages present, and (unless move_all) mapped by
+ * this process alone, since MPOL_MF_MOVE leaves a page another process maps too
+ * where it is (-EACCES): what a forked process still shares with its parent is
+ * then neither queried nor tried, and a 2 MiB region of an interpreter's heap with
+ * a few pages of its own costs a read of 4 KiB of pagemap. */
+static int64_t pages_to_query(int pagemap, uint64_t addr, int64_t n, uint64_t psz, int move_all,
+                              void **query)
+{
+    uint64_t entries[BATCH_PAGES];
+    int64_t q = 0;
+    ssize_t want = (ssize_t)(n * (int64_t)sizeof(uint64_t));
+
+    if (pagemap < 0 || pread(pagemap, entries, (size_t)want, (off_t)(addr / psz * sizeof(uint64_t))) != want) {
+        for (int64_t i = 0; i < n; i++)
+            query[i] = (void *)(uintptr_t)(addr + i * psz);
+        return n;
+    }
+    for (int64_t i = 0; i < n; i++)
+        if ((entries[i] & PM_PRESENT) && (move_all || (entries[i] & PM_MMAP_EXCLUSIVE)))
+            query[q++] = (void *)(uintptr_t)(addr + i * psz);
+    return q;
+}
+
+static int move_ranges(int pid, int pagemap, const uint64_t *starts, const uint64_t *ends, int64_t n_ranges,
+                       int from_node, int to_node, int64_t limit, int move_all,
+                       struct ane_range_moves *pos, int64_t *tried, int64_t *moved,
+                       int64_t *status_counts, int n_status_counts, uint64_t *moved_addrs);
+
 int ane_move_ranges(int pid, const uint64_t *starts, const uint64_t *ends, int64_t n_ranges,
                     int from_node, int to_node, int64_t limit, int move_all,
                     struct ane_range_moves *pos, int64_t *tried, int64_t *moved,
                     int64_t *status_counts, int n_status_counts, uint64_t *moved_addrs)
+{
+    int pagemap = open_pagemap(pid);
+    int rc = move_ranges(pid, pagemap, starts, ends, n_ranges, from_node, to_node, limit, move_all, pos,
+                         tried, moved, status_counts, n_status_counts, moved_addrs);
+
+    if (pagemap >= 0)
+        close(pagemap);
+    return rc;
+}
+
+static int move_ranges(int pid, int pagemap, const uint64_t *starts, const uint64_t *ends, int64_t n_ranges,
+                       int from_node, int to_node, int64_t limit, int move_all,
+                       struct ane_range_moves *pos, int64_t *tried, int64_t *moved,
+                       int64_t *status_counts, int n_status_counts, uint64_t *moved_addrs)
 {
     void *query[BATCH_PAGES], *cand[BATCH_PAGES];
     int64_t cand_range[BATCH_PAGES];
     int where[BATCH_PAGES];
     int flags = move_all ? MPOL_MF_MOVE_ALL : MPOL_MF_MOVE;
     uint64_t psz = page_size(), hsz = hpage_size();
-    int64_t n_cand = 0, taken = 0, found;
+    int64_t n_cand = 0, taken = 0, found, q;
     int huge = 1;   /* move_candidates: runs tried by their first page (until one was no THP) */
     int rc;
 
@@ -273,12 +334,11 @@ int ane_move_ranges(int pid, const uint64_t *starts, const uint64_t *ends, int64
          * THP's run of candidates is cut in two only by the end of a grant */
         if (n == BATCH_PAGES && (addr + n * psz) % hsz != 0 && (addr + n * psz) / hsz * hsz > addr)
             n = (int64_t)(((addr + n * psz) / hsz * hsz - addr) / psz);
-        for (int64_t i = 0; i < n; i++)
-            query[i] = (void *)(uintptr_t)(addr + i * psz);
-        if (numa_move_pages(pid, (unsigned long)n, query, NULL, where, 0) < 0)
+        q = pages_to_query(pagemap, addr, n, psz, move_all, query);
+        if (q > 0 && numa_move_pages(pid, (unsigned long)q, query, NULL, where, 0) < 0)
             return -errno;
         found = 0;
-        for (int64_t i = 0; i < n && found < limit - taken; i++)
+        for (int64_t i = 0; i < q && found < limit - taken; i++)
             found += where[i] == from_node;
         if (n_cand + found > BATCH_PAGES) {
             rc = move_candidates(pid, cand, cand_range, n_cand, to_node, flags, pos, tried, moved,
@@ -288,7 +348,7 @@ int ane_move_ranges(int pid, const uint64_t *starts, const uint64_t *ends, int64
             n_cand = 0;
         }
         pos->addr = addr + n * psz;
-        for (int64_t i = 0; i < n; i++) {
+        for (int64_t i = 0; i < q; i++) {
             if (where[i] != from_node)
                 continue;
             if (taken == limit) {           /* resume at this page next time */

@@ -47,7 +47,9 @@ struct ane_range_moves {
 /* The mover's hot loop: the pages of ranges [starts[r], ends[r]) of process `pid`
  * that sit on from_node go to to_node, range after range from the position in
  * `pos`, at most `limit` pages (the rate limit's grant), in batches of status
- * queries and moves (MPOL_MF_MOVE, or MPOL_MF_MOVE_ALL if move_all).  Per range,
+ * queries and moves (MPOL_MF_MOVE, or MPOL_MF_MOVE_ALL if move_all); with the
+ * process's pagemap readable, only pages present and (unless move_all) its own
+ * alone are queried and tried (a page shared since a fork answers -EACCES).  Per range,
  * tried[r] and moved[r] grow by the pages handed to the kernel and those that
  * moved; each page left behind with a negative status -e counts in
  * status_counts[e] (e < n_status_counts; others in status_counts[0]); the

@@ -403,7 +403,7 @@ def test_numa_maps_is_read_again_every_so_many_passes():
     assert not any(exact[1:mm_stats.EXACT_EVERY_PASSES]) and not exact[-1]
 
 
-def test_mappings_all_on_the_threads_node_are_told_by_a_coarse_look_the_rest_sampled_again_in_full():
+def test_mappings_all_on_one_node_are_told_by_a_coarse_look_the_rest_sampled_again_in_full():
     files = KernelFiles(VM_TREE)
     fine = mm_stats.choose_stride(9768, 9768, 1 << 30)
     memory = FakeMemory(lambda addr: 1)
@@ -420,11 +420,18 @@ def test_mappings_all_on_the_threads_node_are_told_by_a_coarse_look_the_rest_sam
     small = [v for v in snapshot.vmas if v.end - v.start < mm_stats.COARSE_MIN_SAMPLES * coarse * PAGE
              and mm_stats.movable_mapping(v.path)]
     assert small and {v.start for v in small} <= set(again)  # too small to settle: only the full look
-    assert set(snapshot.node_pages) == {1}
+    assert set(snapshot.node_pages) == {1} and snapshot.off_node_complete
     memory.calls.clear()
-    table.observe(process(9768), budget(), local_node=0)    # its threads elsewhere: all of it in full
-    assert [stride for _, stride in memory.calls][-1] == fine
-    assert biggest.start in [start for ranges, _ in memory.calls[1:] for start, _ in ranges]
+    table.end_pass()
+    elsewhere = table.observe(process(9768), budget(), local_node=0, max_off_node=16)
+    # its threads elsewhere: the big mapping is all on node 1 all the same, more of it than the
+    # list of pages off their node could hold (which lacks them, and says it is not complete)
+    assert biggest.start not in [start for ranges, _ in memory.calls[1:] for start, _ in ranges]
+    assert set(elsewhere.node_pages) == {1} and not elsewhere.off_node_complete
+    memory.calls.clear()
+    table.end_pass()
+    table.observe(process(9768), budget(), local_node=0, max_off_node=1 << 20)   # room for them all:
+    assert biggest.start in [start for ranges, _ in memory.calls[1:] for start, _ in ranges]   # in full
     mixed = FakeMemory(bound_placement(files))
     table = MmStatsTable(files, scan_ranges=mixed.scan_ranges)
     snapshot = table.observe(process(9768), budget())

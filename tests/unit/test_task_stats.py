@@ -429,6 +429,13 @@ def test_busy_thread_nodes_count_busy_threads_once_each_and_not_idle_ones():
     assert t.busy_thread_nodes(other) == {0, 1}
     t.observe(other, [snap(201, 1, 1900), snap(202, 3, 1950)])
     assert t.busy_thread_nodes(other) == {0, 1}
+    # first sight of a job whose main thread first touched its memory and now sleeps while
+    # its one worker runs: one busy thread; once measured, run times tell
+    job = ProcessKey(300, 9)
+    t.observe(job, [ThreadSnapshot(301, "job", "S", 50, 0, 900 * MS), snap(302, 2, 700)])
+    assert t.busy_thread_nodes(job) == {1}
+    t.observe(job, [ThreadSnapshot(301, "job", "S", 50, 0, 901 * MS), snap(302, 2, 1700)])
+    assert t.busy_thread_nodes(job) == {1}
 
 
 def test_windows_come_in_pairs_then_wait_and_their_regions_add_up_decayed():

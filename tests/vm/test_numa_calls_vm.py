@@ -355,6 +355,22 @@ def test_pagemap_tells_a_forked_child_s_own_pages_from_those_it_still_shares_wit
         assert numa_calls.move_pages(child, [addrs[600]], other) == [-errno.EACCES]  # not its own to move
 
 
+def test_move_ranges_tries_only_the_pages_a_forked_child_maps_alone():
+    with running(FORKED) as (_, (child, addr)):
+        addrs = [addr + i * PAGE for i in range(1024)]
+        before = numa_calls.page_nodes(child, addrs)
+        target = 1 if before[0] == 0 else 0
+        tried = moved = 0
+        for source in sorted(set(before) - {target}):
+            moves = numa_calls.move_ranges(child, [(addr, addr + 1024 * PAGE)], source, target, 1 << 20)
+            assert moves.failures == {}              # its parent's pages were not handed to the kernel
+            tried, moved = tried + moves.tried[0], moved + moves.moved[0]
+        own_away = sum(1 for node in before[:512] if node != target)
+        assert tried == moved == own_away
+        after = numa_calls.page_nodes(child, addrs)
+        assert after[:512] == [target] * 512 and after[512:] == before[512:]
+
+
 def test_migrate_process_pages_empties_a_node():
     with placed_process("4096:0", "12288:1") as (pid, (start, _)):
         assert numa_calls.migrate_process_pages(pid, [1], [0]) == 0
