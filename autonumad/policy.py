@@ -811,17 +811,13 @@ def _holds(processes: tuple[ProcessView, ...], migrating: set[ProcessKey], nodes
     return holds
 
 
-SHARED_MEMORY_SHARE = 0.1
+SHARED_MEMORY_SHARE = 0.25
 """A process whose threads on different nodes were seen writing the same regions, for this
 share of its sampled memory or more, shares its memory among them (numa01 threads all
 sweeping one buffer): its memory is not split by writer (only what sits on a node none of
 its threads run on moves, to them). A window sees only each page's first writer, so a region
 two sweepers share shows one of them in each window; over the windows a process's regions
-add up, and the shared ones show as shared. Two sweepers half a buffer apart split it
-in two at each window, at a point that moves from one window to the next by how far they
-went in between: two windows whose points lie close (a sixth of the buffer apart, seen in
-S5) show most of it as written by one thread twice, so the bar is low. Threads that write
-their own slices share only the interpreter's and allocator's pages, a few percent."""
+add up, and the shared ones show as shared."""
 
 
 

@@ -306,17 +306,16 @@ def test_sampled_groups_agreed_on_but_over_the_budget_move_at_the_next_pass_with
 
 
 def test_memory_the_threads_share_is_not_split_between_their_nodes():
-    def numa01(shared_groups, n=8):   # two threads sweeping one buffer: some regions seen written by both
+    def numa01(shared_groups):   # two threads sweeping one buffer: some regions seen written by both
         def writers(g):          # the others each thread's own (811's stay with it on node 0)
             return {811: 5, 812: 4} if g < shared_groups else {811 + g % 2: 9}
-        groups = [PageGroup(g, 0, 512, writers(g), window=g % 2 + 1) for g in range(n)]
-        return process(811, [thread(811, 0), thread(812, 1)], {0: 512 * n}, groups)
-    state = PolicyState(group_target={(811, 5811, g): 1 for g in range(16)},
-                        group_window={(811, 5811, g): 3 for g in range(16)})
+        groups = [PageGroup(g, 0, 512, writers(g), window=g % 2 + 1) for g in range(8)]
+        return process(811, [thread(811, 0), thread(812, 1)], {0: 4096}, groups)
+    state = PolicyState(group_target={(811, 5811, g): 1 for g in range(8)},
+                        group_window={(811, 5811, g): 3 for g in range(8)})
     assert migrations(plan(machine(), numa01(2), state=state)) == []       # a quarter shared: none moves
-    assert migrations(plan(machine(), numa01(1), state=state)) == []       # an eighth: none either
-    assert [m.group_id for m in migrations(plan(machine(), numa01(1, 16), state=state))] == list(range(1, 16, 2))
-    # a sixteenth shared: the rest are each thread's own, and 812's go to it
+    assert [m.group_id for m in migrations(plan(machine(), numa01(1), state=state))] == [1, 3, 5, 7]
+    # an eighth shared: the rest are each thread's own, and 812's go to it
     stray = numa01(2)
     stray = replace(stray, page_groups=stray.page_groups + (PageGroup(9, 2, 512, {811: 10, 812: 8}, window=2),))
     state = replace(state, group_target={**state.group_target, (811, 5811, 9): 0},
@@ -460,8 +459,8 @@ def test_pages_of_a_process_whose_threads_run_on_several_nodes_follow_the_touchi
                 [PageGroup(1, 2, 100, {201: 10}),          # -> node 0
                  PageGroup(2, 0, 100, {201: 2, 202: 30}),  # -> node 1
                  PageGroup(3, 0, 100),                     # nobody touched it: stays with thread 201
-                 PageGroup(4, 0, 10, {201: 50, 202: 50}),   # shared evenly and already with a user: stays
-                 PageGroup(5, 0, 10, {201: 47, 202: 53}),   # too small a difference: stays
+                 PageGroup(4, 0, 30, {201: 50, 202: 50}),   # shared evenly and already with a user: stays
+                 PageGroup(5, 0, 30, {201: 47, 202: 53}),   # too small a difference: stays
                  PageGroup(6, 1, 100, {999: 40})])          # touched by a thread that is gone: stays
     _, second = two_passes(machine(4), p)
     assert [(m.group_id, m.to_node) for m in second.actions] == [(1, 0), (2, 1)]
