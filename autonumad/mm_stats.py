@@ -552,7 +552,7 @@ class MmStatsTable:
                     carried = {**carried, **settled}
                     if len(carried) == len(mappings):
                         snapshot = replace(first, vmas=tuple(carried[m.start] for m in mappings),
-                                           node_pages=_sum_nodes(carried[m.start].node_pages for m in mappings))
+                                           node_pages=None)   # summed anew over these vmas
                         self.counters.coarse_scans += 1
                 if snapshot is None:
                     snapshot = sampled_snapshot(

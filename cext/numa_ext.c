@@ -284,25 +284,6 @@ static int64_t pages_to_query(int pagemap, uint64_t addr, int64_t n, uint64_t ps
 static int move_ranges(int pid, int pagemap, const uint64_t *starts, const uint64_t *ends, int64_t n_ranges,
                        int from_node, int to_node, int64_t limit, int move_all,
                        struct ane_range_moves *pos, int64_t *tried, int64_t *moved,
-                       int64_t *status_counts, int n_status_counts, uint64_t *moved_addrs);
-
-int ane_move_ranges(int pid, const uint64_t *starts, const uint64_t *ends, int64_t n_ranges,
-                    int from_node, int to_node, int64_t limit, int move_all,
-                    struct ane_range_moves *pos, int64_t *tried, int64_t *moved,
-                    int64_t *status_counts, int n_status_counts, uint64_t *moved_addrs)
-{
-    int pagemap = open_pagemap(pid);
-    int rc = move_ranges(pid, pagemap, starts, ends, n_ranges, from_node, to_node, limit, move_all, pos,
-                         tried, moved, status_counts, n_status_counts, moved_addrs);
-
-    if (pagemap >= 0)
-        close(pagemap);
-    return rc;
-}
-
-static int move_ranges(int pid, int pagemap, const uint64_t *starts, const uint64_t *ends, int64_t n_ranges,
-                       int from_node, int to_node, int64_t limit, int move_all,
-                       struct ane_range_moves *pos, int64_t *tried, int64_t *moved,
                        int64_t *status_counts, int n_status_counts, uint64_t *moved_addrs)
 {
     void *query[BATCH_PAGES], *cand[BATCH_PAGES];
@@ -373,6 +354,20 @@ static int move_ranges(int pid, int pagemap, const uint64_t *starts, const uint6
     }
     return move_candidates(pid, cand, cand_range, n_cand, to_node, flags, pos, tried, moved,
                            status_counts, n_status_counts, moved_addrs, &huge);
+}
+
+int ane_move_ranges(int pid, const uint64_t *starts, const uint64_t *ends, int64_t n_ranges,
+                    int from_node, int to_node, int64_t limit, int move_all,
+                    struct ane_range_moves *pos, int64_t *tried, int64_t *moved,
+                    int64_t *status_counts, int n_status_counts, uint64_t *moved_addrs)
+{
+    int pagemap = open_pagemap(pid);
+    int rc = move_ranges(pid, pagemap, starts, ends, n_ranges, from_node, to_node, limit, move_all, pos,
+                         tried, moved, status_counts, n_status_counts, moved_addrs);
+
+    if (pagemap >= 0)
+        close(pagemap);
+    return rc;
 }
 
 static int valid_node(int node)
