@@ -468,9 +468,12 @@ class Daemon:
         if busy:
             return active
         target = self.config.policy.locality_target
-        misplaced = any(p["locality"] is not None and p["locality"] < target
-                        and p["locality"] < (p.get("locality_bound") or 1.0) - AT_BOUND_MARGIN
-                        for p in self.published["managed_processes"])
+        misplaced = [p for p in self.published["managed_processes"]
+                     if p["locality"] is not None and p["locality"] < target
+                     and p["locality"] < (p.get("locality_bound") or 1.0) - AT_BOUND_MARGIN]
+        if misplaced and log.isEnabledFor(logging.DEBUG):
+            log.debug("misplaced: %s", ", ".join(f"pid {p.get('pid')} locality {p['locality']} (bound "
+                                                 f"{p.get('locality_bound')})" for p in misplaced))
         if misplaced:  # as settled as it can be: from the short interval up to the longest
             interval = min(longest, active << min(self._quiet_passes - 1, 16))  # 1, 2, 4... times
             if interval > base:
@@ -548,7 +551,9 @@ class Daemon:
                 return
             watching = self._between_passes and not self.budget.throttled
             window = watching and self.sampler.windows_open()
-            tick = min(SATURATION_CHECK_S if window else WATCH_TICK_S, max(0.0, next_watch - now)) \
+            # up to the next look for new processes (every WATCH_TICK_S or IDLE_WATCH_TICK_S),
+            # more often while a window is open: each wake-up costs a few ms under TCG
+            tick = min(SATURATION_CHECK_S if window else SLEEP_TICK_S, max(0.0, next_watch - now)) \
                 if watching else SLEEP_TICK_S
             if self._wait(min(left, tick)) or not self.balancing():
                 raise _Interrupted()
@@ -624,9 +629,15 @@ class Daemon:
             cpu.mark("snapshot")
             plan = plan_pass(snapshot, self.policy_state, self._pass_policy_config())
             cpu.mark("plan")
+            if log.isEnabledFor(logging.DEBUG) and any(isinstance(a, (MoveTask, ExchangeTasks))
+                                                       for a in plan.actions):
+                log.debug("placed from: %s", "; ".join(
+                    f"pid {v.pid} " + " ".join(f"{t.tid}@{t.cpu_node}({t.runnable_weight:.2f})" for t in v.tasks)
+                    + f" MB {node_mb(v.node_pages)}" for v in snapshot.processes))
             first_votes = sum(1 for key, node in plan.state.group_target.items()
                               if self.policy_state.group_target.get(key) != node)
             voted = {key[:2] for key in plan.state.group_target}
+            self.sampler.confirm(ProcessKey(*key) for key in voted)  # a window's second, or none
             for view in snapshot.processes:  # its pages may move: read its memory policies first
                 if not view.mempolicy_known and (view.pid, view.start_time) in voted:
                     self.mm.want_policies(ProcessKey(view.pid, view.start_time))

@@ -17,14 +17,15 @@ halves its per-thread counters, so a thread's figures weigh the last passes most
   each takes a fault) and after `window_s` reads the (tid, address, cpu) samples;
   each sampled page's node (numa_calls.page_nodes) counts one access for that
   thread on that node. Only writes are seen. Windows come in pairs: the second is
-  armed as soon as the first is read, so that a page group's move is voted for by
-  two windows, not twice by one (a soft-dirty window sees only each page's first
+  armed as soon as the plan made from the first votes to move some of the process's
+  pages (`confirm`; a first window that moves nothing ends its pair), so that a page
+  group's move is voted for by two windows, not twice by one (a soft-dirty window sees only each page's first
   writer: where two threads sweep the same memory, one window shows each region as
   written by whichever came first). Each process's written regions accumulate over
   windows, older windows' counts halved at each new one (as AutoNUMA halves its
   per-task counters), so memory two threads share shows as shared. Arming is paced
   (at most `max_armed` processes armed at once, a pair at most every
-  `rearm_after_s`) because it costs the target one minor fault per page it writes;
+  `rearm_after_s`, less often while pairs find nothing to move) because it costs the target one minor fault per page it writes;
   `fault_sampling = false` in [scan] turns it off.
 
 Preferred node of a thread: where most of its sampled accesses went (given at least
@@ -54,6 +55,10 @@ from autonumad.processes import ProcessKey
 log = logging.getLogger(__name__)
 
 MIN_ACCESS_SAMPLES = 8
+IDLE_PAIRS_MAX = 3
+"""A process whose windows keep finding nothing to move is sampled at most 2**this times
+less often than rearm_after_s (WriteFaultSampler._rearm_after), as AutoNUMA's scan period
+grows while its scans change nothing."""
 MULTI_NODE_SHARE = 0.1   # a process runs "on" a node where it spent at least this share of its time
 
 
@@ -361,10 +366,15 @@ class WriteFaultSampler:
         """Per process, how many windows were read (the number of the last one)."""
         self.versions: dict[ProcessKey, int] = {}
         """Per process, bumped at every change to its regions (a window read, a move noted)."""
-        self._pair_open: set[ProcessKey] = set()   # first window of a pair read: arm the second now
+        self._pair_open: set[ProcessKey] = set()   # first window of a pair read: a second may follow
+        self._confirm: set[ProcessKey] = set()     # of them, those a plan voted to move pages of (confirm)
         self._second: set[ProcessKey] = set()      # the window armed is the second of its pair
         self._last_armed: dict[ProcessKey, float] = {}
         self._period: dict[ProcessKey, int] = {}
+        self._idle_pairs: dict[ProcessKey, tuple[int, frozenset[int]]] = {}
+        """Per process, how many pairs in a row ended with nothing to move (a first window the
+        plan voted nothing for), and the nodes its busy threads ran on then: each such pair
+        doubles the wait for the next, up to IDLE_PAIRS_MAX times, until those nodes change."""
         self.unavailable: str | None = None
         """Why sampling fails for every process (a kernel setting), or None."""
 
@@ -395,12 +405,43 @@ class WriteFaultSampler:
                 self._drop_regions(key)
             if len(self._armed) >= self.max_armed:
                 break
+            if key in self._pair_open and key not in self._confirm:
+                continue  # its first window is read: the second waits for what the plan makes of it
             if key in self._armed or (key not in self._pair_open and key in self._last_armed
-                                      and now - self._last_armed[key] < self.rearm_after_s):
+                                      and now - self._last_armed[key] < self._rearm_after(key)):
                 continue
             if spread:
                 self._arm(key, now)
                 break
+
+    def confirm(self, voted: Iterable[ProcessKey]) -> None:
+        """After the plan of a pass: of the processes whose first window of a pair was read,
+        those it voted to move pages of (`voted`) get the pair's second window now, so the
+        move's second vote rests on writes seen afresh; for the others the pair ends here, as
+        a window that moves nothing needs no second look (the next pair comes rearm_after_s
+        after this one, and twice as late after each such pair in a row: _rearm_after)."""
+        voted = set(voted)
+        now = self.clock()
+        for key in sorted(self._pair_open):
+            busy = frozenset(self.tasks.busy_thread_nodes(key))
+            if key not in voted or len(busy) < 2:
+                self._pair_open.discard(key)
+                if key not in voted:
+                    idle, nodes = self._idle_pairs.get(key, (0, busy))
+                    self._idle_pairs[key] = (min(idle + 1 if nodes == busy else 1, IDLE_PAIRS_MAX), busy)
+                continue
+            self._idle_pairs.pop(key, None)
+            self._confirm.add(key)
+            if key not in self._armed and len(self._armed) < self.max_armed:
+                self._arm(key, now)  # (one left over is armed by a later poll)
+
+    def _rearm_after(self, key: ProcessKey) -> float:
+        """How long after its last window a process spread over nodes gets its next pair."""
+        idle, nodes = self._idle_pairs.get(key, (0, frozenset()))
+        if idle and frozenset(self.tasks.busy_thread_nodes(key)) != nodes:
+            self._idle_pairs.pop(key)  # its threads moved: what it writes where is news again
+            idle = 0
+        return self.rearm_after_s * (1 << idle)
 
     def windows_open(self) -> int:
         """Processes armed whose window has not been read yet."""
@@ -464,12 +505,14 @@ class WriteFaultSampler:
                 self.calls.close_fault_sampler(armed.handle)
             self._last_armed.pop(key, None)
             self._period.pop(key, None)
+            self._idle_pairs.pop(key, None)
 
     def _drop_regions(self, key: ProcessKey) -> None:
         self.regions.pop(key, None)
         self.versions[key] = self.versions.get(key, 0) + 1
         self.windows.pop(key, None)
         self._pair_open.discard(key)
+        self._confirm.discard(key)
         self._second.discard(key)
 
     def close(self) -> None:
@@ -521,6 +564,7 @@ class WriteFaultSampler:
         self._armed[key] = _Armed(key, handle, now, period=period, threads=len(tids))
         if key in self._pair_open:
             self._pair_open.discard(key)
+            self._confirm.discard(key)
             self._second.add(key)
         else:
             self._second.discard(key)

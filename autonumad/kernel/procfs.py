@@ -380,11 +380,19 @@ def last_pid(files: KernelFiles) -> int | None:
     PID namespace, so only when the tree's proc/self is this process (its /proc is that of
     our namespace); None otherwise, or if unreadable."""
     try:
-        if os.readlink(files.path("proc/self")) != str(os.getpid()):
+        own = (files.root, os.getpid())
+        if own not in _OWN_PROC:
+            _OWN_PROC[own] = os.readlink(files.path("proc/self")) == str(own[1])
+        if not _OWN_PROC[own]:
             return None
         return int(files.read_text("proc/loadavg").split()[-1])
     except (OSError, ValueError, IndexError):
         return None
+
+
+_OWN_PROC: dict[tuple[str, int], bool] = {}
+"""Per (tree root, our PID): whether the tree's proc/self is this process (read once: a
+process does not change PID namespace, and the daemon asks at every tick of a pause)."""
 
 
 def list_tids(files: KernelFiles, pid: int) -> list[int]:

@@ -220,7 +220,11 @@ def test_arms_a_spread_process_and_credits_its_threads():
     threads = {th.tid: th for th in tasks.threads(key)}
     assert threads[1000].accesses == {0: 6.0} and threads[1001].accesses == {1: 10.0}
     assert s.counters.samples == 16 and s.counters.credited == 16
-    assert s.counters.armed == 2 and s.windows[key] == 1     # the pair's second window: armed at once
+    assert s.counters.armed == 1 and s.windows[key] == 1
+    s.poll([key])
+    assert s.counters.armed == 1                             # the second waits for the plan's votes
+    s.confirm([key])
+    assert s.counters.armed == 2                             # voted: the pair's second window
 
 
 def test_a_window_whose_writers_stopped_faulting_is_read_before_window_s():
@@ -289,7 +293,8 @@ def test_every_fault_is_sampled_until_a_window_loses_samples_then_one_in_enough(
     s.poll([key])
     calls.samples = [(1000, 0x5000 + 4096 * i, 0) for i in range(2048)]
     clock.now = 1.0
-    s.poll([key])                                  # the first window lost samples: the second samples less
+    s.poll([key])
+    s.confirm([key])                               # the first window lost samples: the second samples less
     assert calls.periods == [1, 10] and s.counters.lost == 8192
 
 
@@ -446,7 +451,8 @@ def test_windows_come_in_pairs_then_wait_and_their_regions_add_up_decayed():
     calls.samples = [(1000, 0x200000, 0)] * 4
     calls.page_node = lambda addr: 0
     clock.now = 1.0
-    s.poll([key])                                            # read; window 2 armed at once
+    s.poll([key])                                            # read
+    s.confirm([key])                                         # the plan voted: window 2 armed at once
     assert len(calls.opened) == 2 and s.windows[key] == 1
     assert s.regions[key][0x200000].tids == {1000: 4}
     calls.samples = [(1001, 0x200000, 2)] * 2                # the other thread, first this time
@@ -458,6 +464,80 @@ def test_windows_come_in_pairs_then_wait_and_their_regions_add_up_decayed():
     clock.now = 31.5
     s.poll([key])                                            # rearm_after_s from window 2's arming
     assert len(calls.opened) == 3
+
+
+def test_a_first_window_the_plan_voted_nothing_for_ends_its_pair():
+    key, other = ProcessKey(1000, 1), ProcessKey(2000, 1)
+    calls, clock = FakeCalls(), Clock()
+    read = set()
+
+    def one_write_per_window(handle):  # each window sees its first thread write once
+        tids = next(t for h, t in calls.opened if h is handle)
+        first = handle not in read
+        read.add(handle)
+        return [(tids[0], 0x200000, 0)] if first else []
+
+    calls.read_fault_samples = one_write_per_window
+    _, s = sampler(spread_table(key, other), calls, clock, max_armed=2)
+    s.poll([key])
+    s.poll([other])
+    clock.now = 1.0
+    s.poll([key, other])                                     # both first windows read
+    assert len(calls.opened) == 2 and s.windows == {key: 1, other: 1}
+    s.confirm([other])                                       # votes for `other` only
+    assert len(calls.opened) == 3 and calls.opened[-1][1] == [2000, 2001]
+    clock.now = 2.0
+    s.poll([key, other])                                     # `other`'s pair is read; `key` waits
+    s.confirm([key, other])                                  # no pair open: nothing armed
+    assert len(calls.opened) == 3 and s.windows == {key: 1, other: 2}
+    clock.now = 30.5
+    s.poll([key])                                            # its pair found nothing: twice rearm_after_s
+    assert len(calls.opened) == 3
+    clock.now = 60.5
+    s.poll([key])
+    assert len(calls.opened) == 4
+
+
+def test_pairs_that_find_nothing_to_move_come_less_often_until_the_threads_move():
+    key = ProcessKey(1000, 1)
+    calls, clock = FakeCalls(), Clock()
+    tasks = TaskStatsTable({0: 0, 1: 1, 2: 2})               # three nodes of one CPU
+    for run_ms in (0, 500):
+        tasks.observe(key, [snap(1000, 0, run_ms), snap(1001, 1, run_ms)])
+    _, s = sampler(tasks, calls, clock)
+
+    def next_pair_after() -> float:
+        """Read the open window (the plan votes nothing), then poll each second until armed again."""
+        armed_at = clock.now
+        calls.samples = [(1000, 0x200000, 0)]
+        clock.now += 1.0
+        s.poll([key])
+        s.confirm([])
+        opened = len(calls.opened)
+        while len(calls.opened) == opened:
+            clock.now += 1.0
+            s.poll([key])
+        return clock.now - armed_at
+
+    s.poll([key])
+    assert [next_pair_after() for _ in range(5)] == [60, 120, 240, 240, 240]
+    for run_ms in range(1500, 6500, 1000):                   # a thread moved: nodes 0 and 2 now
+        tasks.observe(key, [snap(1000, 0, run_ms), snap(1001, 2, run_ms)])
+        tasks.end_pass()
+    assert tasks.busy_thread_nodes(key) == {0, 2}
+    assert next_pair_after() == 60                           # counted afresh: one idle pair
+    assert next_pair_after() == 120
+    opened = len(calls.opened)
+    calls.samples = [(1000, 0x200000, 0)]                    # a pair with nothing to move...
+    clock.now += 1.0
+    s.poll([key])
+    s.confirm([])
+    for run_ms in range(6500, 11500, 1000):                  # ...then a thread moves back during the wait
+        tasks.observe(key, [snap(1000, 0, run_ms), snap(1001, 1, run_ms)])
+        tasks.end_pass()
+    clock.now += 30.0
+    s.poll([key])
+    assert len(calls.opened) == opened + 1                   # rearm_after_s after that pair's window
 
 
 def test_merged_regions_drop_what_has_not_been_written_for_three_windows():
@@ -478,6 +558,7 @@ def test_regions_of_a_process_whose_threads_came_together_are_dropped_once_no_wi
     calls.samples = [(1000, 0x200000, 0)]
     clock.now = 1.0
     s.poll([key])
+    s.confirm([key])
     clock.now = 2.0
     s.poll([key])                                            # the pair is read
     assert key in s.regions
