@@ -742,10 +742,20 @@ def _plan_migrations(snapshot: Snapshot, state: PolicyState, config: PolicyConfi
         with_threads = _movable_share(process, runs_on)
         if len(runs_on) == 1 and with_threads >= REMNANT_LOCALITY:
             continue  # what is left elsewhere is mostly what cannot move, or sampling noise
-        remnant_elsewhere = with_threads >= SPREAD_REMNANT_LOCALITY
+        # (groups seen through sampled writes are 2 MiB regions, each counted at its size: a
+        # region of the interpreter's heap holding a few dozen pages counts as many as one of a
+        # buffer's, so where all of its memory is, the scan's count, says it too)
+        remnant_elsewhere = with_threads >= SPREAD_REMNANT_LOCALITY or (
+            len(runs_on) > 1 and any(g.window is not None for g in process.page_groups)
+            and sum(_shares(process.node_pages).get(n, 0.0) for n in runs_on) >= SPREAD_REMNANT_LOCALITY)
         for group in sorted(process.page_groups, key=lambda g: g.id):
-            if shared and group.node in runs_on:
-                continue  # its threads write the same memory: it stays with whichever of them it is with
+            if group.node in runs_on and (shared or len(runs_on) > 1 and _written_from_several(
+                    _writers_by_node(group, thread_node))):
+                # its threads write the same memory (the process's, or this group): it stays with
+                # whichever of them it is with (a soft-dirty window sees each page's first writer
+                # only, so which of them leads a group they share is chance: the interpreter's
+                # pages of a job of two threads, say)
+                continue
             if remnant_elsewhere and group.node not in runs_on:
                 continue
             key = _group_key(process, group)
@@ -852,22 +862,34 @@ SHARED_WRITER_SHARE = 0.3
 least this share of its sampled writes."""
 
 
+def _writers_by_node(group: PageGroup, thread_node: Mapping[int, int]) -> dict[int, int]:
+    """The group's sampled writes per node of the writer (`thread_node`; others not counted)."""
+    by_node: dict[int, int] = {}
+    for tid, count in group.touches.items():  # plain dicts and loops: a few hundred groups each pass
+        node = thread_node.get(tid)
+        if node is not None and count > 0:
+            by_node[node] = by_node.get(node, 0) + count
+    return by_node
+
+
+def _written_from_several(by_node: Mapping[int, int]) -> bool:
+    """Whether writes per node (`_writers_by_node`) make a shared group (SHARED_WRITER_SHARE)."""
+    if len(by_node) < 2:
+        return False
+    writes = sum(by_node.values())
+    return writes - max(by_node.values()) >= SHARED_WRITER_SHARE * writes
+
+
 def _shared_share(process: ProcessView, thread_node: Mapping[int, int]) -> float:
     """Share of the process's sampled pages in groups written from more than one node (each
     thread counting as the node `thread_node` gives it)."""
     shared = total = 0
-    for group in process.page_groups:  # plain dicts and loops: a few hundred groups each pass
-        by_node: dict[int, int] = {}
-        for tid, count in group.touches.items():
-            node = thread_node.get(tid)
-            if node is not None and count > 0:
-                by_node[node] = by_node.get(node, 0) + count
+    for group in process.page_groups:
+        by_node = _writers_by_node(group, thread_node)
         if by_node:
             total += group.pages
-            if len(by_node) > 1:
-                writes = sum(by_node.values())
-                if writes - max(by_node.values()) >= SHARED_WRITER_SHARE * writes:
-                    shared += group.pages
+            if _written_from_several(by_node):
+                shared += group.pages
     return shared / total if total else 0.0
 
 

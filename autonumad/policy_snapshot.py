@@ -9,7 +9,10 @@ things the statistics do not say by themselves:
   policy does not stack managed threads on them;
 - how busy a thread is (`runnable_weight`): its run time since the previous pass
   over the wall time since then; for a thread seen for the first time, its run time
-  over its lifetime, so a busy process is placed at its first pass;
+  over its lifetime, so a busy process is placed at its first pass, and at least
+  FIRST_LOOK_RUNNING_WEIGHT when it is running or runnable at that look (a worker
+  that waited while its job set up has run a small share of its life so far, and
+  unseen it would leave its CPU looking free for another thread to be moved onto);
 - whether someone else pinned it (`user_pinned`): its affinity is narrower than
   the online CPUs and it is not an affinity this daemon set (the state file says
   which ones are ours, seen through the online CPUs as sched_getaffinity shows
@@ -53,6 +56,9 @@ OTHER_BUSY_MIN = 0.6
 """Share of a CPU that unmanaged threads must keep busy for the policy to count it taken."""
 MIN_GROUP_PAGES = 16
 """Page groups smaller than this (64 KiB) are not worth a migration."""
+FIRST_LOOK_RUNNING_WEIGHT = 0.5
+"""The least runnable weight of a thread running or runnable at its first look (above the
+policy's runnable_threshold: it counts as busy, and holds its CPU, until measured)."""
 NODE_BITS = 10
 
 
@@ -117,6 +123,8 @@ class SnapshotBuilder:
                 if previous is None or now <= previous[1]:
                     lifetime_s = uptime_s - t.start_time / CLOCK_TICKS
                     weight = min(1.0, t.last_run_ns / 1e9 / lifetime_s) if lifetime_s > 0.1 else 0.0
+                    if t.state == "R":  # a worker that waited while its job set up: busy now
+                        weight = max(weight, FIRST_LOOK_RUNNING_WEIGHT)
                 else:
                     weight = min(1.0, (t.last_run_ns - previous[0]) / 1e9 / (now - previous[1]))
                 affinity = affinity_of(t.tid)

@@ -317,7 +317,8 @@ def test_memory_the_threads_share_is_not_split_between_their_nodes():
     assert [m.group_id for m in migrations(plan(machine(), numa01(1), state=state))] == [1, 3, 5, 7]
     # an eighth shared: the rest are each thread's own, and 812's go to it
     stray = numa01(2)
-    stray = replace(stray, page_groups=stray.page_groups + (PageGroup(9, 2, 512, {811: 10, 812: 8}, window=2),))
+    stray = replace(stray, page_groups=stray.page_groups + (PageGroup(9, 2, 512, {811: 10, 812: 8}, window=2),),
+                    node_pages={0: 4096, 1: 2048, 2: 512})
     state = replace(state, group_target={**state.group_target, (811, 5811, 9): 0},
                     group_window={**state.group_window, (811, 5811, 9): 1})
     assert [(m.group_id, m.to_node) for m in migrations(plan(machine(4), stray, state=state))] == [(9, 0)]
@@ -347,8 +348,8 @@ def test_a_spread_process_with_a_remnant_of_its_memory_on_nodes_none_of_its_thre
         pinned = dict(user_pinned=True)
         groups = [PageGroup(1, 0, 9000, {811: 9}, window=2), PageGroup(2, 1, 9000, {812: 9}, window=2),
                   PageGroup(3, 2, stray_pages, {811: 9}, window=2)]      # interpreter pages, say
-        return process(811, [thread(811, 0, **pinned), thread(812, 1, **pinned)], {0: 9000, 1: 9000, 2: 300},
-                       groups)
+        return process(811, [thread(811, 0, **pinned), thread(812, 1, **pinned)],
+                       {0: 9000, 1: 9000, 2: stray_pages}, groups)
     state = PolicyState(group_target={(811, 5811, 3): 0}, group_window={(811, 5811, 3): 1})
     assert migrations(plan(machine(4), spread(300), state=state)) == []       # 3% of it: left alone
     assert [(m.group_id, m.to_node) for m in migrations(plan(machine(4), spread(2000), state=state))] == [(3, 0)]
@@ -442,6 +443,36 @@ def test_a_group_written_from_two_nodes_alike_stays_whatever_the_sampling_noise(
                          [PageGroup(7, 0, 500, {814: 2}), PageGroup(8, 1, 500, {813: 2})])
     _, second = two_passes(machine(), one_writer)   # written from one node only: 2 samples will do
     assert [(m.group_id, m.to_node) for m in migrations(second)] == [(7, 1), (8, 0)]
+
+
+def test_a_group_both_nodes_write_much_of_stays_with_the_threads_it_is_with():
+    # the interpreter's pages of a job of two threads on two nodes: both write them, and
+    # which of them a window saw first is chance; a lead of 70:30 on 200 samples is no noise
+    # but no reason to move either (the other node would be as remote as this one is now)
+    def job(lead, rest):   # each thread's own buffer (the most of it), the interpreter's group 7
+        return process(813, [thread(813, 0), thread(814, 1)], {0: 2500, 1: 2000},
+                       [PageGroup(1, 0, 2000, {813: 400}), PageGroup(2, 1, 2000, {814: 400}),
+                        PageGroup(7, 0, 500, {813: rest, 814: lead})])
+    _, second = two_passes(machine(), job(140, 60))
+    assert migrations(second) == []
+    _, second = two_passes(machine(), job(160, 40))         # 80:20, mostly one writer's: it moves
+    assert [(m.group_id, m.to_node) for m in migrations(second)] == [(7, 1)]
+
+
+def test_sparse_regions_left_elsewhere_by_a_spread_job_stay_when_its_memory_is_with_its_threads():
+    # the S5 job after its threads were placed: its buffer (99% of its memory by the scan) on
+    # the nodes they run on; windows also saw the interpreter's heap written on nodes 2 and 3,
+    # where its main thread first touched it: regions of a few dozen pages, each counted as
+    # 512 (a region's size), which made a fifth of what the windows saw
+    def job(node_pages):
+        buffer = [PageGroup(g, g % 2, 512, {813 + g % 2: 9}, window=1) for g in range(24)]
+        heap = [PageGroup(100 + g, 2 + g % 2, 512, {813: 9}, window=1) for g in range(6)]
+        return process(813, [thread(813, 0), thread(814, 1)], node_pages, buffer + heap)
+    state = PolicyState(group_target={(813, 5813, 100 + g): 0 for g in range(6)},
+                        group_window={(813, 5813, 100 + g): 2 for g in range(6)})   # voted by window 2
+    assert migrations(plan(machine(4), job({0: 25000, 1: 25000, 2: 300, 3: 200}), state=state)) == []
+    moved = plan(machine(4), job({0: 22000, 1: 22000, 2: 3000, 3: 3000}), state=state)   # an eighth elsewhere
+    assert sorted(m.group_id for m in migrations(moved)) == [100, 101, 102, 103, 104, 105]
 
 
 def test_numa02_pinned_threads_pull_their_own_slices_across():

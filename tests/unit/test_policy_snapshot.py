@@ -47,6 +47,14 @@ def test_a_busy_thread_seen_for_the_first_time_is_weighed_by_its_lifetime():
     assert abs(snap.processes[0].tasks[0].runnable_weight - 0.5) < 1e-9
 
 
+def test_a_thread_running_at_its_first_look_counts_as_busy_whatever_its_lifetime_share():
+    # a worker that waited 80 s for its job to set up, then ran 9 s: 0.1 of its life
+    waited = replace(thread(101, 0, run_ns=9 * 10**9, start_ticks=10 * CLOCK_TICKS), state="R")
+    asleep = replace(waited, tid=102, state="S")
+    snap, _ = build(SnapshotBuilder(), 10.0, [waited, asleep])
+    assert [round(t.runnable_weight, 3) for t in snap.processes[0].tasks] == [0.5, 0.1]
+
+
 def test_later_passes_weigh_run_time_since_the_previous_pass():
     b = SnapshotBuilder()
     build(b, 10.0, [thread(101, 0, run_ns=1 * 10**9)])
