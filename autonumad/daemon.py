@@ -87,7 +87,8 @@ TOPOLOGY_FULL_READ_PASSES = 20
 (online CPUs and nodes, free memory: topology.refresh_topology)."""
 REARM_AFTER_S = 30.0
 """How often a process spread over nodes gets a pair of write-fault windows while things
-move; once settled, every two pauses between passes (_pass_interval_ms)."""
+move; once settled, every two pauses between passes (_pass_interval_ms); less often while
+its pairs find nothing to move (WriteFaultSampler._rearm_after)."""
 AT_BOUND_MARGIN = 0.05
 """A process below the locality target counts as settled, not misplaced, when its locality
 is within this of its bound (policy_snapshot.locality_bound: its busy threads spread over
@@ -637,7 +638,8 @@ class Daemon:
             first_votes = sum(1 for key, node in plan.state.group_target.items()
                               if self.policy_state.group_target.get(key) != node)
             voted = {key[:2] for key in plan.state.group_target}
-            self.sampler.confirm(ProcessKey(*key) for key in voted)  # a window's second, or none
+            self.sampler.confirm((ProcessKey(*key) for key in voted),  # a window's second, or none
+                                 self._weighed_for_memory(snapshot, plan))
             for view in snapshot.processes:  # its pages may move: read its memory policies first
                 if not view.mempolicy_known and (view.pid, view.start_time) in voted:
                     self.mm.want_policies(ProcessKey(view.pid, view.start_time))
@@ -658,6 +660,16 @@ class Daemon:
                                     self.sampler.window_left() or 0.0, first_votes, cpu.parts)
         self._pass_cpu_end = time.process_time()
         return self.last_pass
+
+    @staticmethod
+    def _weighed_for_memory(snapshot: Snapshot, plan: Plan) -> set[ProcessKey]:
+        """The processes whose memory the plan weighed moving: neither growing, nor with a
+        memory policy of their own, nor with threads it moves to another node."""
+        moved = {(m.pid, m.start_time) for action in plan.actions
+                 for m in (action.moves if isinstance(action, ExchangeTasks) else (action,))
+                 if isinstance(m, MoveTask) and m.from_node != m.to_node}
+        return {ProcessKey(v.pid, v.start_time) for v in snapshot.processes
+                if not v.growing and not v.own_mempolicy and (v.pid, v.start_time) not in moved}
 
     @staticmethod
     def _quiet_after(snapshot: Snapshot, plan: Plan) -> set[ProcessKey]:

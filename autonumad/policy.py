@@ -928,7 +928,10 @@ spares a process on one node even its votes): what its
 threads write there is mostly interpreter and allocator pages first touched wherever a
 thread ran before it was placed, much of it shared with the parent since fork; each
 write-fault window finds a few more such regions, so moving them would go on pass after
-pass for next to nothing. (Its memory on its threads' nodes is still split by writer.)"""
+pass for next to nothing. (Its memory on its threads' nodes is still split by writer.)
+Where its groups are the 2 MiB regions its writes were sampled in, each counted at a
+region's size however few pages it holds, this share of all its memory by the scan on
+those nodes will do as well."""
 
 
 UNSEEN_GROUP_WEIGHT = 0.5

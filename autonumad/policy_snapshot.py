@@ -10,7 +10,7 @@ things the statistics do not say by themselves:
 - how busy a thread is (`runnable_weight`): its run time since the previous pass
   over the wall time since then; for a thread seen for the first time, its run time
   over its lifetime, so a busy process is placed at its first pass, and at least
-  FIRST_LOOK_RUNNING_WEIGHT when it is running or runnable at that look (a worker
+  FIRST_LOOK_RUNNING_WEIGHT when it is young and running or runnable at that look (a worker
   that waited while its job set up has run a small share of its life so far, and
   unseen it would leave its CPU looking free for another thread to be moved onto);
 - whether someone else pinned it (`user_pinned`): its affinity is narrower than
@@ -57,8 +57,10 @@ OTHER_BUSY_MIN = 0.6
 MIN_GROUP_PAGES = 16
 """Page groups smaller than this (64 KiB) are not worth a migration."""
 FIRST_LOOK_RUNNING_WEIGHT = 0.5
-"""The least runnable weight of a thread running or runnable at its first look (above the
-policy's runnable_threshold: it counts as busy, and holds its CPU, until measured)."""
+"""The least runnable weight of a young thread (FIRST_LOOK_YOUNG_S) running or runnable at
+its first look (above the policy's runnable_threshold: it counts as busy, and holds its CPU,
+until measured). An older thread's share of its life is measure enough."""
+FIRST_LOOK_YOUNG_S = 60.0
 NODE_BITS = 10
 
 
@@ -123,7 +125,7 @@ class SnapshotBuilder:
                 if previous is None or now <= previous[1]:
                     lifetime_s = uptime_s - t.start_time / CLOCK_TICKS
                     weight = min(1.0, t.last_run_ns / 1e9 / lifetime_s) if lifetime_s > 0.1 else 0.0
-                    if t.state == "R":  # a worker that waited while its job set up: busy now
+                    if t.state == "R" and lifetime_s < FIRST_LOOK_YOUNG_S:  # a worker that waited while its job set up
                         weight = max(weight, FIRST_LOOK_RUNNING_WEIGHT)
                 else:
                     weight = min(1.0, (t.last_run_ns - previous[0]) / 1e9 / (now - previous[1]))

@@ -414,18 +414,27 @@ class WriteFaultSampler:
                 self._arm(key, now)
                 break
 
-    def confirm(self, voted: Iterable[ProcessKey]) -> None:
+    def confirm(self, voted: Iterable[ProcessKey], planned: Iterable[ProcessKey]) -> None:
         """After the plan of a pass: of the processes whose first window of a pair was read,
         those it voted to move pages of (`voted`) get the pair's second window now, so the
-        move's second vote rests on writes seen afresh; for the others the pair ends here, as
-        a window that moves nothing needs no second look (the next pair comes rearm_after_s
-        after this one, and twice as late after each such pair in a row: _rearm_after)."""
-        voted = set(voted)
+        move's second vote rests on writes seen afresh; for the others it weighed (`planned`:
+        not growing, not having threads moved...) the pair ends here, as a window that moves
+        nothing needs no second look (the next pair comes rearm_after_s after this one, and
+        twice as late after each such pair in a row: _rearm_after). A pair of a process the
+        plan left aside waits for a later plan's verdict."""
+        voted, planned = set(voted), set(planned)
+        if not self.enabled:
+            self._pair_open.clear()
+            self._confirm.clear()
+            return
         now = self.clock()
         for key in sorted(self._pair_open):
             busy = frozenset(self.tasks.busy_thread_nodes(key))
+            if key not in voted and key not in planned:
+                continue
             if key not in voted or len(busy) < 2:
                 self._pair_open.discard(key)
+                self._confirm.discard(key)
                 if key not in voted:
                     idle, nodes = self._idle_pairs.get(key, (0, busy))
                     self._idle_pairs[key] = (min(idle + 1 if nodes == busy else 1, IDLE_PAIRS_MAX), busy)

@@ -48,11 +48,12 @@ def test_a_busy_thread_seen_for_the_first_time_is_weighed_by_its_lifetime():
 
 
 def test_a_thread_running_at_its_first_look_counts_as_busy_whatever_its_lifetime_share():
-    # a worker that waited 80 s for its job to set up, then ran 9 s: 0.1 of its life
-    waited = replace(thread(101, 0, run_ns=9 * 10**9, start_ticks=10 * CLOCK_TICKS), state="R")
+    # a worker that waited 36 s for its job to set up, then ran 4 s: 0.1 of its life
+    waited = replace(thread(101, 0, run_ns=4 * 10**9, start_ticks=60 * CLOCK_TICKS), state="R")
     asleep = replace(waited, tid=102, state="S")
-    snap, _ = build(SnapshotBuilder(), 10.0, [waited, asleep])
-    assert [round(t.runnable_weight, 3) for t in snap.processes[0].tasks] == [0.5, 0.1]
+    old = replace(waited, tid=103, last_run_ns=9 * 10**9, start_time=10 * CLOCK_TICKS)   # 90 s old: measured
+    snap, _ = build(SnapshotBuilder(), 10.0, [waited, asleep, old])
+    assert [round(t.runnable_weight, 3) for t in snap.processes[0].tasks] == [0.5, 0.1, 0.1]
 
 
 def test_later_passes_weigh_run_time_since_the_previous_pass():

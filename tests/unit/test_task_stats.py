@@ -223,7 +223,7 @@ def test_arms_a_spread_process_and_credits_its_threads():
     assert s.counters.armed == 1 and s.windows[key] == 1
     s.poll([key])
     assert s.counters.armed == 1                             # the second waits for the plan's votes
-    s.confirm([key])
+    s.confirm([key], [key])
     assert s.counters.armed == 2                             # voted: the pair's second window
 
 
@@ -294,7 +294,7 @@ def test_every_fault_is_sampled_until_a_window_loses_samples_then_one_in_enough(
     calls.samples = [(1000, 0x5000 + 4096 * i, 0) for i in range(2048)]
     clock.now = 1.0
     s.poll([key])
-    s.confirm([key])                               # the first window lost samples: the second samples less
+    s.confirm([key], [key])                        # the first window lost samples: the second samples less
     assert calls.periods == [1, 10] and s.counters.lost == 8192
 
 
@@ -452,7 +452,7 @@ def test_windows_come_in_pairs_then_wait_and_their_regions_add_up_decayed():
     calls.page_node = lambda addr: 0
     clock.now = 1.0
     s.poll([key])                                            # read
-    s.confirm([key])                                         # the plan voted: window 2 armed at once
+    s.confirm([key], [key])                                  # the plan voted: window 2 armed at once
     assert len(calls.opened) == 2 and s.windows[key] == 1
     assert s.regions[key][0x200000].tids == {1000: 4}
     calls.samples = [(1001, 0x200000, 2)] * 2                # the other thread, first this time
@@ -484,11 +484,11 @@ def test_a_first_window_the_plan_voted_nothing_for_ends_its_pair():
     clock.now = 1.0
     s.poll([key, other])                                     # both first windows read
     assert len(calls.opened) == 2 and s.windows == {key: 1, other: 1}
-    s.confirm([other])                                       # votes for `other` only
+    s.confirm([other], [key, other])                         # votes for `other` only
     assert len(calls.opened) == 3 and calls.opened[-1][1] == [2000, 2001]
     clock.now = 2.0
     s.poll([key, other])                                     # `other`'s pair is read; `key` waits
-    s.confirm([key, other])                                  # no pair open: nothing armed
+    s.confirm([key, other], [key, other])                    # no pair open: nothing armed
     assert len(calls.opened) == 3 and s.windows == {key: 1, other: 2}
     clock.now = 30.5
     s.poll([key])                                            # its pair found nothing: twice rearm_after_s
@@ -496,6 +496,21 @@ def test_a_first_window_the_plan_voted_nothing_for_ends_its_pair():
     clock.now = 60.5
     s.poll([key])
     assert len(calls.opened) == 4
+
+
+def test_a_pair_of_a_process_the_plan_left_aside_waits_for_a_later_verdict():
+    key = ProcessKey(1000, 1)
+    calls, clock = FakeCalls(), Clock()
+    _, s = sampler(spread_table(key), calls, clock)
+    s.poll([key])
+    calls.samples = [(1000, 0x200000, 0)]
+    clock.now = 1.0
+    s.poll([key])                                            # first window read
+    s.confirm([], [])                                        # the plan did not weigh it (growing, say)
+    s.poll([key])
+    assert len(calls.opened) == 1                            # no second yet, the pair still open
+    s.confirm([key], [key])                                  # the next plan votes: the second comes
+    assert len(calls.opened) == 2
 
 
 def test_pairs_that_find_nothing_to_move_come_less_often_until_the_threads_move():
@@ -512,7 +527,7 @@ def test_pairs_that_find_nothing_to_move_come_less_often_until_the_threads_move(
         calls.samples = [(1000, 0x200000, 0)]
         clock.now += 1.0
         s.poll([key])
-        s.confirm([])
+        s.confirm([], [key])
         opened = len(calls.opened)
         while len(calls.opened) == opened:
             clock.now += 1.0
@@ -531,7 +546,7 @@ def test_pairs_that_find_nothing_to_move_come_less_often_until_the_threads_move(
     calls.samples = [(1000, 0x200000, 0)]                    # a pair with nothing to move...
     clock.now += 1.0
     s.poll([key])
-    s.confirm([])
+    s.confirm([], [key])
     for run_ms in range(6500, 11500, 1000):                  # ...then a thread moves back during the wait
         tasks.observe(key, [snap(1000, 0, run_ms), snap(1001, 1, run_ms)])
         tasks.end_pass()
@@ -558,7 +573,7 @@ def test_regions_of_a_process_whose_threads_came_together_are_dropped_once_no_wi
     calls.samples = [(1000, 0x200000, 0)]
     clock.now = 1.0
     s.poll([key])
-    s.confirm([key])
+    s.confirm([key], [key])
     clock.now = 2.0
     s.poll([key])                                            # the pair is read
     assert key in s.regions
