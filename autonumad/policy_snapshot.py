@@ -125,8 +125,8 @@ class SnapshotBuilder:
                 if previous is None or now <= previous[1]:
                     lifetime_s = uptime_s - t.start_time / CLOCK_TICKS
                     weight = min(1.0, t.last_run_ns / 1e9 / lifetime_s) if lifetime_s > 0.1 else 0.0
-                    if t.state == "R" and lifetime_s < FIRST_LOOK_YOUNG_S:  # a worker that waited while its job set up
-                        weight = max(weight, FIRST_LOOK_RUNNING_WEIGHT)
+                    if t.state == "R" and lifetime_s < FIRST_LOOK_YOUNG_S:
+                        weight = max(weight, FIRST_LOOK_RUNNING_WEIGHT)  # a worker that waited for its job
                 else:
                     weight = min(1.0, (t.last_run_ns - previous[0]) / 1e9 / (now - previous[1]))
                 affinity = affinity_of(t.tid)

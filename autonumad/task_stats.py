@@ -19,14 +19,15 @@ halves its per-thread counters, so a thread's figures weigh the last passes most
   thread on that node. Only writes are seen. Windows come in pairs: the second is
   armed as soon as the plan made from the first votes to move some of the process's
   pages (`confirm`; a first window that moves nothing ends its pair), so that a page
-  group's move is voted for by two windows, not twice by one (a soft-dirty window sees only each page's first
-  writer: where two threads sweep the same memory, one window shows each region as
-  written by whichever came first). Each process's written regions accumulate over
-  windows, older windows' counts halved at each new one (as AutoNUMA halves its
-  per-task counters), so memory two threads share shows as shared. Arming is paced
-  (at most `max_armed` processes armed at once, a pair at most every
-  `rearm_after_s`, less often while pairs find nothing to move) because it costs the target one minor fault per page it writes;
-  `fault_sampling = false` in [scan] turns it off.
+  group's move is voted for by two windows, not twice by one (a soft-dirty window
+  sees only each page's first writer: where two threads sweep the same memory, one
+  window shows each region as written by whichever came first). Each process's
+  written regions accumulate over windows, older windows' counts halved at each new
+  one (as AutoNUMA halves its per-task counters), so memory two threads share shows
+  as shared. Arming is paced (at most `max_armed` processes armed at once, a pair at
+  most every `rearm_after_s`, less often while pairs find nothing to move) because it
+  costs the target one minor fault per page it writes; `fault_sampling = false` in
+  [scan] turns it off.
 
 Preferred node of a thread: where most of its sampled accesses went (given at least
 MIN_ACCESS_SAMPLES of them), else where it ran most, else where it runs now.
@@ -429,9 +430,9 @@ class WriteFaultSampler:
             return
         now = self.clock()
         for key in sorted(self._pair_open):
-            busy = frozenset(self.tasks.busy_thread_nodes(key))
             if key not in voted and key not in planned:
                 continue
+            busy = frozenset(self.tasks.busy_thread_nodes(key))
             if key not in voted or len(busy) < 2:
                 self._pair_open.discard(key)
                 self._confirm.discard(key)
