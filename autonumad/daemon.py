@@ -30,7 +30,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -123,9 +123,11 @@ SAMPLED_PROCESSES = 4
 the windows of processes spread over nodes at one pass run side by side, and the passes
 that read them serve them all, rather than a pair of windows and its passes each in turn."""
 OFF_NODE_SAMPLES = 1024
-"""The scan of a process whose busy threads share one node keeps up to this many of its
-sampled pages found elsewhere: where in each mapping they lie narrows what the mover walks
-(policy_snapshot.mapping_groups); with more, the whole mapping is walked."""
+"""The scan of a process keeps up to this many of its sampled pages found off the nodes its
+busy threads run on: where in each mapping they lie narrows what the mover walks
+(policy_snapshot.mapping_groups; with more, the whole mapping is walked), and whether they
+are its own or still shared since fork (MmSnapshot.off_node_shared) tells what is its own
+to move (ProcessView.own_pages)."""
 MAX_PIN_ANCESTORS = 8
 """How far up its parents a process's narrowed affinity is traced to a pin of ours it inherited."""
 
@@ -598,10 +600,9 @@ class Daemon:
             if not looked:
                 continue
             busy_nodes = self.tasks.busy_thread_nodes(info.key)
-            local = next(iter(busy_nodes)) if len(busy_nodes) == 1 else -1
             if len(busy_nodes) > 1:
                 spread.add(info.key)
-            mm = self.mm.observe(info, self.budget, local, OFF_NODE_SAMPLES if local >= 0 else 0,
+            mm = self.mm.observe(info, self.budget, busy_nodes, OFF_NODE_SAMPLES if busy_nodes else 0,
                                  quiet=info.key in self._quiet)
             cpu.mark("memory")
             if mm is None:
@@ -652,7 +653,7 @@ class Daemon:
         self.mm.end_pass()
         self.tasks.end_pass()
         self.counters["passes"] += 1
-        self._publish(snapshot)
+        self._publish(snapshot, plan.shared_memory)
         self._growing = {view.pid for view in snapshot.processes if view.growing}
         cpu.mark("publish")
         self.last_pass = PassReport(time.time(), time.monotonic() - started, len(plan.actions), len(observed),
@@ -972,13 +973,13 @@ class Daemon:
         log.info(line, extra=fields)
 
     # ------------------------------------------------------------------ status
-    def _publish(self, snapshot) -> None:
+    def _publish(self, snapshot: Snapshot, shared_memory: Collection[tuple[int, int]] = frozenset()) -> None:
         managed = []
         threads_per_node: Counter = Counter()
         for view in snapshot.processes:
             for t in view.tasks:
                 threads_per_node[t.cpu_node] += 1
-            locality = process_locality(view)
+            locality = process_locality(view, (view.pid, view.start_time) in shared_memory)
             bound = locality_bound(view, self.policy_config.runnable_threshold)
             managed.append({
                 "pid": view.pid, "comm": view.comm,

@@ -56,7 +56,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -97,6 +97,11 @@ scan, and whose RSS changed by at most QUIET_RSS_SHARE since, keeps that scan's 
 for up to QUIET_CARRY_PASSES passes in a row, and QUIET_CARRY_S: its pages do not move by
 themselves (kernel balancing is off), and a settled system's passes cost little more than
 the look at its threads (AutoNUMA's knuma_scand also slows down once nothing is misplaced)."""
+SHARED_LOOK_OFF_SHARE = 0.1
+"""A process with at most this share of its memory off its threads' nodes has its sampled
+pages there looked up in pagemap (MmSnapshot.off_node_shared), even when the scan kept only
+some of them: whether they are its own to move, or still its parent's since fork (a Python
+process's interpreter heap of a few MB), decides whether the rest is worth moving at all."""
 SPECIAL_MAPPINGS = frozenset({"[vsyscall]", "[vvar]", "[vvar_vclock]", "[vdso]", "[uprobes]"})
 KINDS = ("huge", "heap", "stack", "private")   # numastat -p's rows, Total aside
 
@@ -139,23 +144,28 @@ class MmSnapshot:
     samples: int = 0
     absent: int = 0
     errors: int = 0
-    off_node_addrs: tuple[int, ...] = ()     # sampled pages off `local_node` (sampled scans)
+    off_node_addrs: tuple[int, ...] = ()     # sampled pages off `local_nodes` (sampled scans)
     off_node_nodes: tuple[int, ...] = ()
     policies_read: bool = True
     """numa_maps was read for this process (False: every mapping's policy is unknown)."""
     chosen_policies: bool = True
     """False: no mapping's known policy is one the process chose (self_placed_share is 0)."""
-    local_node: int = -1
+    local_nodes: frozenset[int] = frozenset()
+    """The nodes its busy threads run on, when the scan listed its sampled pages off them."""
     off_node_complete: bool = False
-    """off_node_addrs holds every sampled page off local_node (none was left out for
+    """off_node_addrs holds every sampled page off local_nodes (none was left out for
     max_off_node): where in each mapping the pages on another node lie, as far as the
     sample tells (policy_snapshot.mapping_groups narrows a group's range to them)."""
     node_pages: dict[int, float] = field(default=None)  # type: ignore[assignment]
     """The sum over the mappings, computed when not given."""
     off_node_shared: frozenset[int] = frozenset()
-    """Of off_node_addrs in private anonymous mappings (when complete), those whose page
-    another process maps too (procfs.pages_exclusive): most often what a forked process
-    still shares with its parent, which migration cannot move."""
+    """Of off_node_addrs in private anonymous mappings, those whose page another process
+    maps too (procfs.pages_exclusive): most often what a forked process still shares with
+    its parent, which migration cannot move."""
+    off_node_shared_share: Mapping[int, float] = field(default_factory=dict)
+    """Per node off local_nodes, the share of off_node_addrs in private anonymous mappings
+    on it that are in off_node_shared (the same uniform sample: an estimate for all of
+    that node's pages of those mappings)."""
 
     def __post_init__(self) -> None:
         if self.node_pages is None:
@@ -164,6 +174,13 @@ class MmSnapshot:
     @property
     def total_pages(self) -> float:
         return sum(self.node_pages.values())
+
+    def own_node_pages(self) -> dict[int, float]:
+        """Pages per node of its private anonymous mappings (what migration may move: no
+        file or shared memory), less, on the nodes off its threads', the share of them it
+        shares with another process (`off_node_shared_share`): what is its own to move."""
+        own = _sum_nodes(v.node_pages for v in self.vmas if movable_mapping(v.path))
+        return {n: p * (1.0 - self.off_node_shared_share.get(n, 0.0)) for n, p in own.items()}
 
     def node_share(self) -> dict[int, float]:
         """Fraction of the process's memory on each node (AutoNUMA's weight / 1000)."""
@@ -302,7 +319,7 @@ def _window_chunks(mappings: Sequence[MapsEntry], stride: int,
 def sampled_snapshot(key: ProcessKey, mappings: Sequence[MapsEntry], stride: int, scan_ranges: ScanRanges,
                      budget: ScanBudget, rng: random.Random, taken_at: float,
                      known: dict[int, tuple[str, MemPolicy]] | None = None,
-                     local_node: int = -1, max_off_node: int = 0,
+                     local_nodes: frozenset[int] = frozenset(), max_off_node: int = 0,
                      carried: Mapping[int, VmaStats] | None = None, policies_read: bool = True,
                      chosen_policies: bool = True) -> MmSnapshot:
     """Sample `mappings` of process `key.pid` at `stride`, in chunks the budget grants.
@@ -321,11 +338,11 @@ def sampled_snapshot(key: ProcessKey, mappings: Sequence[MapsEntry], stride: int
     samples = absent = errors = 0
     off_addrs: list[int] = []
     off_nodes: list[int] = []
-    complete = local_node >= 0
+    complete = bool(local_nodes)
     for chunk in _window_chunks([mappings[i] for i in scanned], stride, budget.take):
         chunk = [(scanned[index], start, end) for index, start, end in chunk]
         result = scan_ranges(key.pid, [(start, end) for _, start, end in chunk], stride,
-                             rng.getrandbits(63), local_node, max_off_node)
+                             rng.getrandbits(63), local_nodes, max_off_node)
         samples += result.sampled
         absent += result.absent
         errors += result.errors
@@ -353,14 +370,14 @@ def sampled_snapshot(key: ProcessKey, mappings: Sequence[MapsEntry], stride: int
             totals[node] = totals.get(node, 0.0) + pages
     return MmSnapshot(key, False, tuple(vmas), taken_at, stride, samples, absent, errors,
                       tuple(off_addrs), tuple(off_nodes), policies_read, chosen_policies,
-                      local_node, complete, dict(sorted(totals.items())))
+                      local_nodes, complete, dict(sorted(totals.items())))
 
 
-def _settled_vmas(coarse: MmSnapshot, carried: Mapping[int, VmaStats], local_node: int,
+def _settled_vmas(coarse: MmSnapshot, carried: Mapping[int, VmaStats], local_nodes: frozenset[int],
                   min_off_pages: float) -> dict[int, VmaStats]:
     """Mapping start -> the coarse look's figures, for the mappings it found all on one node,
-    kept as they are while the rest are sampled in full: the threads' node when they run on
-    one (nothing of it to move), or any one node; on another node than the threads' one,
+    kept as they are while the rest are sampled in full: one of the threads' nodes (nothing
+    of it to move off them), or any one node when they are not known; on another node,
     only a mapping of `min_off_pages` or more, whose sampled pages would be too many for
     the full look's list of pages off their node (a smaller one, an interpreter's heap left
     where the process started, is sampled in full: which of its pages are its own to move
@@ -371,7 +388,7 @@ def _settled_vmas(coarse: MmSnapshot, carried: Mapping[int, VmaStats], local_nod
         if vma.start in carried or pages < COARSE_MIN_SAMPLES * coarse.stride:
             continue
         nodes = [n for n, p in vma.node_pages.items() if p > 0]
-        if len(nodes) == 1 and (local_node < 0 or nodes[0] == local_node or pages >= min_off_pages):
+        if len(nodes) == 1 and (not local_nodes or nodes[0] in local_nodes or pages >= min_off_pages):
             out[vma.start] = vma
     return out
 
@@ -474,17 +491,23 @@ class MmStatsTable:
             state.passes_since_exact += 1
 
     def _with_shared(self, snapshot: MmSnapshot) -> MmSnapshot:
-        """`snapshot` with off_node_shared found, when it kept every sampled page off its local
-        node (a process settled on one node, a few strays left elsewhere: are they its own?)."""
-        if not snapshot.off_node_complete or not snapshot.off_node_addrs:
+        """`snapshot` with off_node_shared found, when it kept every sampled page off its
+        threads' nodes, or off them lies at most SHARED_LOOK_OFF_SHARE of its memory (a
+        process settled on its nodes, a few strays left elsewhere: are they its own?)."""
+        if not snapshot.off_node_addrs:
+            return snapshot
+        total = sum(snapshot.node_pages.values())
+        off = sum(p for n, p in snapshot.node_pages.items() if n not in snapshot.local_nodes)
+        if not snapshot.off_node_complete and not off <= SHARED_LOOK_OFF_SHARE * total:
             return snapshot
         movable = sorted((v.start, v.end) for v in snapshot.vmas if movable_mapping(v.path))
         starts = [start for start, _ in movable]
-        wanted = []
-        for addr in snapshot.off_node_addrs:
+        wanted, node_of = [], {}
+        for addr, node in zip(snapshot.off_node_addrs, snapshot.off_node_nodes):
             i = bisect.bisect_right(starts, addr) - 1
             if i >= 0 and addr < movable[i][1]:
                 wanted.append(addr)
+                node_of[addr] = node
         if not wanted:
             return snapshot
         try:
@@ -494,18 +517,27 @@ class MmStatsTable:
         except OSError as exc:  # refused, or a kernel without pagemap: the strays count as its own
             log.debug("pid %d: pagemap not read (%s)", snapshot.key.pid, exc)
             return snapshot
-        return replace(snapshot, off_node_shared=frozenset(a for a, only_ours in exclusive.items() if not only_ours))
+        shared = frozenset(a for a, only_ours in exclusive.items() if not only_ours)
+        looked: dict[int, int] = {}
+        found: dict[int, int] = {}
+        for addr, node in node_of.items():
+            looked[node] = looked.get(node, 0) + 1
+            found[node] = found.get(node, 0) + (addr in shared)
+        return replace(snapshot, off_node_shared=shared,
+                       off_node_shared_share={n: found[n] / c for n, c in sorted(looked.items()) if found[n]})
 
-    def observe(self, process: ProcessInfo, budget: ScanBudget, local_node: int = -1,
+    def observe(self, process: ProcessInfo, budget: ScanBudget, local_nodes: Collection[int] = (),
                 max_off_node: int = 0, quiet: bool = False) -> MmSnapshot | None:
         """Scan one process (numa_maps when its policies are wanted and every
         EXACT_EVERY_PASSES passes after, sampled otherwise), replace its snapshot and return
         it; None if it went away or refused access (a debug line, nothing else). A `quiet`
         process may keep its last snapshot instead (QUIET_CARRY_PASSES)."""
         key = process.key
+        local_nodes = frozenset(local_nodes)
         state = self._state.get(key)
         if quiet and state is not None and state.snapshot is not None and not state.want_exact \
-                and state.snapshot.local_node == local_node >= 0 and state.quiet_passes < QUIET_CARRY_PASSES \
+                and len(local_nodes) == 1 and state.snapshot.local_nodes == local_nodes \
+                and state.quiet_passes < QUIET_CARRY_PASSES \
                 and self.clock() - state.snapshot.taken_at < QUIET_CARRY_S \
                 and abs(process.rss_pages - state.scanned_rss_pages) <= QUIET_RSS_SHARE * state.scanned_rss_pages:
             state.quiet_passes += 1
@@ -544,11 +576,12 @@ class MmStatsTable:
                 if coarse > stride and big:
                     first = sampled_snapshot(
                         key, big, coarse, self.scan_ranges, budget, self.rng, self.clock(), state.known,
-                        local_node, 0, None, state.policies_read, state.chosen_policies)
-                    settled = _settled_vmas(first, carried, local_node, (max_off_node + 1) * stride)
+                        local_nodes, 0, None, state.policies_read, state.chosen_policies)
+                    settled = _settled_vmas(first, carried, local_nodes, (max_off_node + 1) * stride)
                     # a mapping settled on another node than the threads' holds sampled pages
                     # off theirs that the full look's list then lacks
-                    off_local = local_node >= 0 and any(local_node not in v.node_pages for v in settled.values())
+                    off_local = bool(local_nodes) and any(local_nodes.isdisjoint(v.node_pages)
+                                                           for v in settled.values())
                     carried = {**carried, **settled}
                     if len(carried) == len(mappings):
                         snapshot = replace(first, vmas=tuple(carried[m.start] for m in mappings),
@@ -557,7 +590,7 @@ class MmStatsTable:
                 if snapshot is None:
                     snapshot = sampled_snapshot(
                         key, mappings, stride, self.scan_ranges, budget, self.rng, self.clock(), state.known,
-                        local_node, max_off_node, carried, state.policies_read, state.chosen_policies)
+                        local_nodes, max_off_node, carried, state.policies_read, state.chosen_policies)
                     if off_local:
                         snapshot = replace(snapshot, off_node_complete=False)
                 state.snapshot = self._with_shared(snapshot)

@@ -113,6 +113,11 @@ class Plan:
 
     actions: tuple[Action, ...]
     state: PolicyState
+    shared_memory: frozenset[tuple[int, int]] = frozenset()
+    """(pid, start time) of the processes spread over nodes whose threads were seen sharing
+    their memory (each writes all of it, numa01's threads): not split by writer. What a
+    write-fault window shows of them is each page's first writer only, so their locality is
+    the scan's: the share of their memory on each busy thread's node."""
 
     def describe(self) -> list[str]:
         """One log line per action."""

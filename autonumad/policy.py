@@ -224,6 +224,10 @@ class ProcessView:
     """Share of its sampled memory on the node of the threads writing it (None: not
     sampled). For a process spread over nodes the truer locality: half its pages on each
     node is perfect when each thread writes its own half."""
+    own_pages: Mapping[int, int] = field(default_factory=dict)
+    """Per node, its pages migration may move: private anonymous memory, less what it still
+    shares with another process (its parent's since fork, on the node its parent ran on).
+    Empty: not known (node_pages stands in)."""
 
 
 @dataclass(frozen=True)
@@ -282,6 +286,7 @@ def plan_pass(snapshot: Snapshot, state: PolicyState, config: PolicyConfig) -> P
             group_agreed=migrations.agreed,
             group_migrated_at=recent(state.group_migrated_at, live_groups) | migrations.queued,
         ),
+        shared_memory=migrations.shared,
     )
 
 
@@ -704,6 +709,8 @@ class _Migrations:
     agreed: Mapping[GroupKey, int] = field(default_factory=dict)
     """Groups whose two votes agreed but that were not queued (migration budget, no room)."""
     queued: Mapping[GroupKey, float] = field(default_factory=dict)
+    shared: frozenset[ProcessKey] = frozenset()
+    """Processes spread over nodes whose threads share their memory (Plan.shared_memory)."""
 
 
 @dataclass(frozen=True)
@@ -723,6 +730,7 @@ def _plan_migrations(snapshot: Snapshot, state: PolicyState, config: PolicyConfi
     windows: dict[GroupKey, int] = {}
     wishes: list[_Wish] = []
     agreed: dict[GroupKey, int] = {}
+    sharing: set[ProcessKey] = set()
     for process in sorted(snapshot.processes, key=_process_key):
         if process.own_mempolicy or process.growing or _process_key(process) in moving:
             continue
@@ -739,15 +747,18 @@ def _plan_migrations(snapshot: Snapshot, state: PolicyState, config: PolicyConfi
             thread_touches.update({tid: c for tid, c in g.touches.items() if c > 0})
         shared = len(runs_on) > 1 and (_shared_share(process, thread_node) >= SHARED_MEMORY_SHARE
                                        or _silent_node(thread_node, thread_touches) is not None)
+        if shared:
+            sharing.add(_process_key(process))
         with_threads = _movable_share(process, runs_on)
         if len(runs_on) == 1 and with_threads >= REMNANT_LOCALITY:
             continue  # what is left elsewhere is mostly what cannot move, or sampling noise
         # (groups seen through sampled writes are 2 MiB regions, each counted at its size: a
         # region of the interpreter's heap holding a few dozen pages counts as many as one of a
-        # buffer's, so where all of its memory is, the scan's count, says it too)
+        # buffer's, so where all of its own memory is, the scan's count, says it too)
         remnant_elsewhere = with_threads >= SPREAD_REMNANT_LOCALITY or (
             len(runs_on) > 1 and any(g.window is not None for g in process.page_groups)
-            and sum(_shares(process.node_pages).get(n, 0.0) for n in runs_on) >= SPREAD_REMNANT_LOCALITY)
+            and sum(_shares(process.own_pages or process.node_pages).get(n, 0.0) for n in runs_on)
+            >= SPREAD_REMNANT_LOCALITY)
         for group in sorted(process.page_groups, key=lambda g: g.id):
             if group.node in runs_on and (shared or len(runs_on) > 1 and _written_from_several(
                     _writers_by_node(group, thread_node))):
@@ -800,7 +811,7 @@ def _plan_migrations(snapshot: Snapshot, state: PolicyState, config: PolicyConfi
         actions.append(MigratePages(wish.process.pid, wish.process.start_time, wish.process.comm, group.id,
                                     group.node, to, group.pages, f"{wish.why}; two passes agree{spill}"))
     holds = _holds(snapshot.processes, {(a.pid, a.start_time) for a in actions}, nodes, config)
-    return _Migrations(tuple(holds) + tuple(actions), targets, windows, agreed, queued)
+    return _Migrations(tuple(holds) + tuple(actions), targets, windows, agreed, queued, frozenset(sharing))
 
 
 def _holds(processes: tuple[ProcessView, ...], migrating: set[ProcessKey], nodes: Mapping[int, NodeView],
@@ -930,8 +941,9 @@ thread ran before it was placed, much of it shared with the parent since fork; e
 write-fault window finds a few more such regions, so moving them would go on pass after
 pass for next to nothing. (Its memory on its threads' nodes is still split by writer.)
 Where its groups are the 2 MiB regions its writes were sampled in, each counted at a
-region's size however few pages it holds, this share of all its memory by the scan on
-those nodes will do as well."""
+region's size however few pages it holds, this share of its own memory by the scan on
+those nodes will do as well (ProcessView.own_pages: not the pages it still shares with its
+parent since fork, which no migration moves, a few MB of a Python job's)."""
 
 
 UNSEEN_GROUP_WEIGHT = 0.5

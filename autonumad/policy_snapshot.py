@@ -6,7 +6,10 @@ things the statistics do not say by themselves:
 
 - how many CPUs of each node are busy with threads it does not manage
   (`other_busy_cpus`, from the node's measured busy time, `node_busy`), so that the
-  policy does not stack managed threads on them;
+  policy does not stack managed threads on them: counted when two readings in a row
+  (two passes) agree, the lesser of the two, as a burst of work elsewhere (the daemon's
+  own page moves, a short job) would otherwise send managed threads off the nodes
+  holding their memory for one interval, their memory after them;
 - how busy a thread is (`runnable_weight`): its run time since the previous pass
   over the wall time since then; for a thread seen for the first time, its run time
   over its lifetime, so a busy process is placed at its first pass, and at least
@@ -90,6 +93,8 @@ class SnapshotBuilder:
         """Per process, (inputs, outputs) of the last region_groups and touch_locality: the
         regions change only when a window is read or the daemon moves pages (their version),
         and recounting a few hundred regions each pass is the pass's largest cost under TCG."""
+        self._other_busy: dict[int, int] = {}
+        """Per node, the busy CPUs of threads not shown at the last build with a reading."""
 
     def forget_rss(self, pid: int) -> None:
         """Drop the RSS remembered for `pid`: at the next build it is not judged growing (the
@@ -168,6 +173,7 @@ class SnapshotBuilder:
             views.append(ProcessView(
                 pid=key.pid, start_time=key.start_time, comm=info.comm,
                 node_pages={n: int(p) for n, p in sorted(mm.node_pages.items()) if p >= 1},
+                own_pages={n: int(p) for n, p in sorted(mm.own_node_pages().items()) if p >= 1},
                 tasks=tuple(tasks), page_groups=tuple(page_groups), own_mempolicy=own_policy,
                 mempolicy_known=mm.policies_read or not respect_mempolicy, growing=growing,
                 user_pinned=bool(tasks) and all(t.user_pinned for t in tasks),
@@ -180,9 +186,12 @@ class SnapshotBuilder:
         for view in views:
             for task in view.tasks:
                 shown[task.cpu_node] = shown.get(task.cpu_node, 0.0) + task.runnable_weight
+        other = {i: other_busy_cpus(node_busy, i, shown.get(i, 0.0)) for i in topology.node_ids}
+        agreed = {i: min(c, self._other_busy.get(i, 0)) for i, c in other.items()}
+        if node_busy:
+            self._other_busy = other
         nodes = tuple(
-            NodeView(n.id, n.cpus, n.mem_free_kb / 1024, n.mem_total_kb / 1024, dict(n.distances),
-                     other_busy_cpus(node_busy, n.id, shown.get(n.id, 0.0)))
+            NodeView(n.id, n.cpus, n.mem_free_kb / 1024, n.mem_total_kb / 1024, dict(n.distances), agreed[n.id])
             for n in (topology.nodes[i] for i in topology.node_ids))
         return Snapshot(now, nodes, tuple(views)), groups
 
@@ -297,13 +306,15 @@ def touch_locality(regions: Mapping[int, RegionTouches], thread_node: Mapping[in
     return local / counted if counted else None
 
 
-def process_locality(view: ProcessView) -> float | None:
+def process_locality(view: ProcessView, shared_memory: bool = False) -> float | None:
     """Share of the process's memory on the node each of its threads runs on, averaged
     over its threads weighted by how busy each is (what the workload tool measures from
     inside: an idle main thread waiting on another node does not make a process misplaced);
     over all its threads alike when none was seen running. Where its writes were sampled,
-    the share of them local to the writer instead (`ProcessView.touch_locality`)."""
-    if view.touch_locality is not None:
+    the share of them local to the writer instead (`ProcessView.touch_locality`), unless
+    its threads were seen sharing its memory (`shared_memory`, Plan.shared_memory): a
+    window sees each page's first writer only, which of two sweepers that is being chance."""
+    if view.touch_locality is not None and not shared_memory:
         return view.touch_locality
     total = sum(view.node_pages.values())
     if not total or not view.tasks:

@@ -462,7 +462,7 @@ int ane_reset_mempolicy(void)
 /* One scan's working state: the pending batch and where results go. */
 struct scan {
     int pid;
-    int local_node;
+    uint64_t local_nodes;
     int n_nodes;
     int64_t *range_node_pages;
     uint64_t *off_addrs;
@@ -507,7 +507,7 @@ static int flush_batch(struct scan *s)
 
         if (node >= 0 && node < s->n_nodes) {
             s->range_node_pages[s->range_of[i] * s->n_nodes + node]++;
-            if (s->local_node >= 0 && node != s->local_node)
+            if (s->local_nodes && (node >= 64 || !(s->local_nodes >> node & 1)))
                 keep_off_node(s, (uint64_t)(uintptr_t)s->pages[i], node);
         } else if (node == -ENOENT) {
             t->absent++;
@@ -539,7 +539,7 @@ static int scan_range(struct scan *s, uint64_t *rng, int64_t r,
 
 int ane_scan_ranges(int pid, const uint64_t *starts, const uint64_t *ends,
                     int64_t n_ranges, int64_t stride_pages, uint64_t seed,
-                    int local_node, int64_t *range_node_pages, int n_nodes,
+                    uint64_t local_nodes, int64_t *range_node_pages, int n_nodes,
                     uint64_t *off_addrs, int *off_nodes, int64_t max_off,
                     struct ane_scan_totals *totals)
 {
@@ -556,7 +556,7 @@ int ane_scan_ranges(int pid, const uint64_t *starts, const uint64_t *ends,
         return -ENOMEM;
     rc = 0;
     s->pid = pid;
-    s->local_node = local_node;
+    s->local_nodes = local_nodes;
     s->n_nodes = n_nodes;
     s->range_node_pages = range_node_pages;
     s->off_addrs = off_addrs;

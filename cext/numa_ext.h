@@ -87,7 +87,7 @@ struct ane_scan_totals {
     int64_t sampled;    /* pages queried */
     int64_t absent;     /* of which not present (-ENOENT) */
     int64_t errors;     /* of which any other negative status (-EFAULT ...) */
-    int64_t off_node;   /* of which present on a node other than local_node */
+    int64_t off_node;   /* of which present on a node not in local_nodes */
     int64_t n_off_out;  /* entries written to off_addrs / off_nodes */
 };
 
@@ -97,9 +97,10 @@ struct ane_scan_totals {
  * sampled pages in batches and count them:
  *   range_node_pages[r * n_nodes + node] += 1 for each sampled present page;
  *   totals as described above;
- *   off_addrs / off_nodes: up to max_off sampled pages present on a node other
- *   than local_node (none when local_node < 0), chosen uniformly among all such
- *   pages (reservoir sampling), in no particular order.
+ *   off_addrs / off_nodes: up to max_off sampled pages present on a node not in
+ *   local_nodes (a bit mask, bit n for node n; none when it is 0; nodes from 64
+ *   up are never local), chosen uniformly among all such pages (reservoir
+ *   sampling), in no particular order.
  * Start offsets come from a generator seeded by `seed`, one per range, so every
  * page has the same chance 1/stride_pages of being sampled (systematic
  * sampling).  Placement that repeats with a period sharing no factor with the
@@ -110,7 +111,7 @@ struct ane_scan_totals {
  * for a process without memory, -ENOMEM). */
 int ane_scan_ranges(int pid, const uint64_t *starts, const uint64_t *ends,
                     int64_t n_ranges, int64_t stride_pages, uint64_t seed,
-                    int local_node, int64_t *range_node_pages, int n_nodes,
+                    uint64_t local_nodes, int64_t *range_node_pages, int n_nodes,
                     uint64_t *off_addrs, int *off_nodes, int64_t max_off,
                     struct ane_scan_totals *totals);
 

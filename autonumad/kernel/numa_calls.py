@@ -22,7 +22,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -223,11 +223,15 @@ class ScanResult:
     """Sampled pages with another negative status (-EFAULT: unmapped, or the zero page;
     on kernels where untouched_page_status() is -EFAULT, never-touched pages too)."""
     off_node: int = 0
-    """Sampled present pages on a node other than local_node (0 when local_node is -1)."""
+    """Sampled present pages on a node not in local_nodes (0 when local_nodes is empty)."""
     off_node_addrs: list[int] = field(default_factory=list)
     """Up to max_off_node of those pages, chosen uniformly, sorted by address."""
     off_node_nodes: list[int] = field(default_factory=list)
     """The node of each page in off_node_addrs."""
+
+
+LOCAL_NODES_MAX = 64
+"""scan_ranges's local nodes are a 64-bit mask on the C side."""
 
 
 def scan_ranges(
@@ -235,7 +239,7 @@ def scan_ranges(
     ranges: Sequence[tuple[int, int]],
     stride_pages: int,
     seed: int,
-    local_node: int = -1,
+    local_nodes: Collection[int] = (),
     max_off_node: int = 0,
 ) -> ScanResult:
     """Sample the placement of `pid`'s pages over address ranges (the scanner's hot loop, in C).
@@ -245,7 +249,9 @@ def scan_ranges(
     Each page has the same chance 1/stride_pages of being sampled, and placement
     interleaved with a period sharing no factor with the stride is counted evenly
     (mm_stats.choose_stride picks such strides). Sampled pages present on a
-    node other than `local_node` are collected (at most `max_off_node`).
+    node not in `local_nodes` are collected (at most `max_off_node`; none when it
+    is empty, or when it holds a node from LOCAL_NODES_MAX up, which the C side's
+    bit mask cannot name).
     Pages that vanish mid-scan count in `errors`; only whole-call failures raise
     (ProcessGone, AccessDenied, OSError).
     """
@@ -261,8 +267,12 @@ def scan_ranges(
     off_addrs = ffi.new("uint64_t[]", max(1, max_off_node))
     off_nodes = ffi.new("int[]", max(1, max_off_node))
     totals = ffi.new("struct ane_scan_totals *")
+    mask = 0
+    if all(0 <= node < LOCAL_NODES_MAX for node in local_nodes):
+        for node in local_nodes:
+            mask |= 1 << node
     rc = lib.ane_scan_ranges(
-        pid, starts, ends, n_ranges, stride_pages, seed & 0xFFFFFFFFFFFFFFFF, local_node,
+        pid, starts, ends, n_ranges, stride_pages, seed & 0xFFFFFFFFFFFFFFFF, mask,
         per_range, n_nodes, off_addrs, off_nodes, max_off_node, totals,
     )
     _check(rc, "move_pages", pid, einval_means_gone=True)

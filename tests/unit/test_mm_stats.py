@@ -52,7 +52,7 @@ class FakeMemory:
         self.calls = []
         self.seeds = []
 
-    def scan_ranges(self, pid, ranges, stride, seed, local_node=-1, max_off_node=0):
+    def scan_ranges(self, pid, ranges, stride, seed, local_nodes=(), max_off_node=0):
         self.calls.append((list(ranges), stride))
         self.seeds.append(seed)
         rng = random.Random(seed)
@@ -68,7 +68,7 @@ class FakeMemory:
                     absent += 1
                     continue
                 counts[node] = counts.get(node, 0) + 1
-                if local_node >= 0 and node != local_node:
+                if local_nodes and node not in local_nodes:
                     off.append((start + page * PAGE, node))
             per_range.append(counts)
         total = {}
@@ -240,12 +240,12 @@ def test_a_process_is_scanned_in_the_chunks_the_budget_grants():
 def test_off_node_pages_are_kept_up_to_the_limit():
     maps, memory, _ = two_node_process()
     snap = sampled_snapshot(KEY, maps, 11, memory.scan_ranges, budget(pages_to_scan=500), random.Random(0),
-                            0.0, local_node=0, max_off_node=50)
+                            0.0, local_nodes=frozenset({0}), max_off_node=50)
     assert len(snap.off_node_addrs) == 50
     assert set(snap.off_node_nodes) == {1}
-    assert snap.local_node == 0 and not snap.off_node_complete   # more were seen than kept
+    assert snap.local_nodes == {0} and not snap.off_node_complete   # more were seen than kept
     every = sampled_snapshot(KEY, maps, 11, memory.scan_ranges, budget(pages_to_scan=100_000), random.Random(0),
-                             0.0, local_node=1, max_off_node=100_000)
+                             0.0, local_nodes=frozenset({1}), max_off_node=100_000)
     assert every.off_node_complete and set(every.off_node_nodes) == {0}
 
 
@@ -408,7 +408,7 @@ def test_mappings_all_on_one_node_are_told_by_a_coarse_look_the_rest_sampled_aga
     fine = mm_stats.choose_stride(9768, 9768, 1 << 30)
     memory = FakeMemory(lambda addr: 1)
     table = MmStatsTable(files, scan_ranges=memory.scan_ranges)
-    snapshot = table.observe(process(9768), budget(), local_node=1)
+    snapshot = table.observe(process(9768), budget(), local_nodes={1})
     coarse = memory.calls[0][1]
     assert coarse > 4 * fine and [stride for _, stride in memory.calls[1:]] in ([], [fine])
     biggest = max(snapshot.vmas, key=lambda v: v.end - v.start)
@@ -423,14 +423,14 @@ def test_mappings_all_on_one_node_are_told_by_a_coarse_look_the_rest_sampled_aga
     assert set(snapshot.node_pages) == {1} and snapshot.off_node_complete
     memory.calls.clear()
     table.end_pass()
-    elsewhere = table.observe(process(9768), budget(), local_node=0, max_off_node=16)
+    elsewhere = table.observe(process(9768), budget(), local_nodes={0}, max_off_node=16)
     # its threads elsewhere: the big mapping is all on node 1 all the same, more of it than the
     # list of pages off their node could hold (which lacks them, and says it is not complete)
     assert biggest.start not in [start for ranges, _ in memory.calls[1:] for start, _ in ranges]
     assert set(elsewhere.node_pages) == {1} and not elsewhere.off_node_complete
     memory.calls.clear()
     table.end_pass()
-    table.observe(process(9768), budget(), local_node=0, max_off_node=1 << 20)   # room for them all:
+    table.observe(process(9768), budget(), local_nodes={0}, max_off_node=1 << 20)   # room for them all:
     assert biggest.start in [start for ranges, _ in memory.calls[1:] for start, _ in ranges]   # in full
     mixed = FakeMemory(bound_placement(files))
     table = MmStatsTable(files, scan_ranges=mixed.scan_ranges)
@@ -446,7 +446,7 @@ def test_a_quiet_process_keeps_its_last_scan_a_few_passes_while_its_threads_and_
     table = MmStatsTable(files, scan_ranges=memory.scan_ranges, clock=lambda: now[0])
     scanned = []
 
-    def observe(rss=9768, local=0, quiet=True):
+    def observe(rss=9768, local=(0,), quiet=True):
         calls = len(memory.calls)
         snapshot = table.observe(process(rss), budget(), local, quiet=quiet)
         table.end_pass()
@@ -458,10 +458,10 @@ def test_a_quiet_process_keeps_its_last_scan_a_few_passes_while_its_threads_and_
     assert observe() is first and observe() is first                # kept twice in a row...
     assert observe() is not first                                    # ...then scanned again
     observe(quiet=False)                                             # not quiet: scanned
-    observe(local=1)                                                 # its threads moved: scanned
-    observe(local=1, rss=9768 + 200)                                 # RSS changed 2%: scanned
-    assert observe(local=1, rss=9768 + 250) is table.get(KEY)        # 0.5% more: kept
-    observe(local=-1)                                                # threads on two nodes: scanned
+    observe(local=(1,))                                                 # its threads moved: scanned
+    observe(local=(1,), rss=9768 + 200)                                 # RSS changed 2%: scanned
+    assert observe(local=(1,), rss=9768 + 250) is table.get(KEY)        # 0.5% more: kept
+    observe(local=(0, 1))                                                # threads on two nodes: scanned
     assert scanned == [True, False, False, True, True, True, True, False, True]
     assert table.counters.quiet_carried == 3
     observe(quiet=False)
@@ -483,11 +483,38 @@ def test_strays_of_a_process_settled_on_one_node_are_told_apart_by_whether_anoth
             entry = procfs.PAGEMAP_PRESENT | (procfs.PAGEMAP_EXCLUSIVE if addr >= half else 0)
             f.write(entry.to_bytes(procfs.PAGEMAP_ENTRY, "little"))
     table = MmStatsTable(files, scan_ranges=memory.scan_ranges, seed=3)
-    snap = table.observe(process(9768), budget(), local_node=0, max_off_node=100_000)
+    snap = table.observe(process(9768), budget(), local_nodes={0}, max_off_node=100_000)
     strays = [a for a, n in zip(snap.off_node_addrs, snap.off_node_nodes) if n == 1]
     assert snap.off_node_complete and strays
     assert snap.off_node_shared == frozenset(a for a in strays if a < half)
-    assert table.observe(process(9768), budget(), local_node=-1).off_node_shared == frozenset()  # spread: not looked
+    assert snap.off_node_shared_share == {1: pytest.approx(0.5, abs=0.1)}
+    heap_pages = sum(v.node_pages.get(1, 0) for v in snap.vmas if v.path == "[heap]")
+    assert snap.own_node_pages()[1] == pytest.approx(heap_pages * (1 - snap.off_node_shared_share[1]))
+    assert table.observe(process(9768), budget()).off_node_shared == frozenset()  # threads' nodes unknown: not looked
+    # threads on two nodes, neither the heap's: most of its memory off them, only some of it
+    # kept (not complete): not looked up
+    table.end_pass()
+    spread = table.observe(process(9768), budget(), local_nodes={0, 2}, max_off_node=8)
+    assert not spread.off_node_complete and spread.off_node_shared == frozenset()
+
+
+def test_strays_of_a_spread_process_are_looked_up_though_the_scan_kept_only_some(tmp_path):
+    import shutil
+    shutil.copytree(VM_TREE, tmp_path / "tree", symlinks=True)
+    files = KernelFiles(str(tmp_path / "tree"))
+    heap = next(m for m in procfs.read_maps(files, MIXED) if m.path == "[heap]")
+    half = heap.start + (heap.end - heap.start) // 2
+    memory = FakeMemory(lambda addr: 2 if heap.start <= addr < half else 0)   # half its heap on node 2
+    with open(tmp_path / "tree" / "proc" / str(MIXED) / "pagemap", "wb") as f:   # shared with its parent
+        for addr in range(heap.start, half, PAGE):
+            f.seek(addr // PAGE * procfs.PAGEMAP_ENTRY)
+            f.write(procfs.PAGEMAP_PRESENT.to_bytes(procfs.PAGEMAP_ENTRY, "little"))
+    table = MmStatsTable(files, scan_ranges=memory.scan_ranges, seed=3)
+    snap = table.observe(process(9768), budget(), local_nodes={0, 1}, max_off_node=4)
+    total = sum(snap.node_pages.values())
+    assert not snap.off_node_complete and snap.node_pages[2] <= mm_stats.SHARED_LOOK_OFF_SHARE * total
+    assert len(snap.off_node_shared) == 4 and snap.off_node_shared_share == {2: 1.0}
+    assert snap.own_node_pages().get(2, 0.0) == 0.0 and snap.own_node_pages()[0] > 0
 
 
 def test_process_exiting_mid_scan_is_a_debug_line_only(caplog):

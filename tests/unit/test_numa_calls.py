@@ -49,7 +49,7 @@ def scan_all_off_node(base, n_pages, stride, seed, max_off_node=None):
     off_node_addrs lists the sampled present pages (all of them unless capped)."""
     no_such_node = numa_calls.max_node() + 1
     cap = n_pages if max_off_node is None else max_off_node
-    return numa_calls.scan_ranges(0, [(base, base + n_pages * PAGE)], stride, seed, no_such_node, cap)
+    return numa_calls.scan_ranges(0, [(base, base + n_pages * PAGE)], stride, seed, {no_such_node}, cap)
 
 
 @pytest.fixture
@@ -279,8 +279,18 @@ def test_pages_on_the_local_node_are_not_off_node(buf):
     touch(buf, 0, 1)
     base = numa_calls.buffer_address(buf)
     node = numa_calls.page_nodes(0, [base])[0]
-    result = numa_calls.scan_ranges(0, [(base, base + PAGE)], 1, 0, local_node=node, max_off_node=64)
+    result = numa_calls.scan_ranges(0, [(base, base + PAGE)], 1, 0, local_nodes={node}, max_off_node=64)
     assert result.off_node == 0 and result.off_node_addrs == []
+    result = numa_calls.scan_ranges(0, [(base, base + PAGE)], 1, 0, local_nodes={node + 1, node}, max_off_node=64)
+    assert result.off_node == 0 and result.off_node_addrs == []
+
+
+def test_local_nodes_the_mask_cannot_name_collect_nothing(buf):
+    touch(buf, 0, 4)
+    base = numa_calls.buffer_address(buf)
+    result = numa_calls.scan_ranges(0, [(base, base + 4 * PAGE)], 1, 0, local_nodes={numa_calls.LOCAL_NODES_MAX},
+                                    max_off_node=64)
+    assert sum(result.node_pages.values()) == 4 and result.off_node == 0 and result.off_node_addrs == []
 
 
 def test_scan_keeps_figures_per_range_and_counts_vanished_ranges_as_errors(buf):

@@ -313,8 +313,11 @@ def test_memory_the_threads_share_is_not_split_between_their_nodes():
         return process(811, [thread(811, 0), thread(812, 1)], {0: 4096}, groups)
     state = PolicyState(group_target={(811, 5811, g): 1 for g in range(8)},
                         group_window={(811, 5811, g): 3 for g in range(8)})
-    assert migrations(plan(machine(), numa01(2), state=state)) == []       # a quarter shared: none moves
-    assert [m.group_id for m in migrations(plan(machine(), numa01(1), state=state))] == [1, 3, 5, 7]
+    shared = plan(machine(), numa01(2), state=state)
+    assert migrations(shared) == []       # a quarter shared: none moves
+    assert shared.shared_memory == {(811, 5811)}   # and its locality is the scan's (Plan.shared_memory)
+    split = plan(machine(), numa01(1), state=state)
+    assert [m.group_id for m in migrations(split)] == [1, 3, 5, 7] and split.shared_memory == frozenset()
     # an eighth shared: the rest are each thread's own, and 812's go to it
     stray = numa01(2)
     stray = replace(stray, page_groups=stray.page_groups + (PageGroup(9, 2, 512, {811: 10, 812: 8}, window=2),),
@@ -353,6 +356,24 @@ def test_a_spread_process_with_a_remnant_of_its_memory_on_nodes_none_of_its_thre
     state = PolicyState(group_target={(811, 5811, 3): 0}, group_window={(811, 5811, 3): 1})
     assert migrations(plan(machine(4), spread(300), state=state)) == []       # 3% of it: left alone
     assert [(m.group_id, m.to_node) for m in migrations(plan(machine(4), spread(2000), state=state))] == [(3, 0)]
+
+
+def test_what_a_spread_process_still_shares_with_its_parent_does_not_count_against_its_remnant():
+    def spread(own_pages):
+        pinned = dict(user_pinned=True)
+        # the 2 MiB regions its writes were sampled in: a few on its threads' nodes, and one of
+        # the interpreter's heap on node 2, where its parent ran
+        groups = [PageGroup(1, 0, 512, {811: 9}, window=2), PageGroup(2, 1, 512, {812: 9}, window=2),
+                  PageGroup(3, 2, 512, {811: 9}, window=2)]
+        return replace(process(811, [thread(811, 0, **pinned), thread(812, 1, **pinned)],
+                               {0: 9000, 1: 9000, 2: 1000}, groups), own_pages=own_pages)
+    state = PolicyState(group_target={(811, 5811, 3): 0}, group_window={(811, 5811, 3): 1})
+    # 5% of its memory by the scan on node 2: its own, it comes to its threads
+    own = {0: 9000, 1: 9000, 2: 1000}
+    assert [(m.group_id, m.to_node) for m in migrations(plan(machine(4), spread(own), state=state))] == [(3, 0)]
+    assert [(m.group_id, m.to_node) for m in migrations(plan(machine(4), spread({}), state=state))] == [(3, 0)]
+    # most of it still its parent's since fork (which no migration moves): the rest is left alone
+    assert migrations(plan(machine(4), spread({0: 9000, 1: 9000, 2: 200}), state=state)) == []
 
 
 def test_a_node_whose_cpus_went_offline_gets_no_thread_and_its_memory_comes_to_the_threads():

@@ -67,10 +67,26 @@ def test_busy_cpus_not_explained_by_managed_threads_are_counted_per_node():
     b = SnapshotBuilder()
     build(b, 10.0, [thread(101, 0, run_ns=1 * 10**9)])
     # 2 s later: thread 101 ran 1 s on node 0 (weight 0.5); node 0 was 1.6 CPUs busy and
-    # node 1 0.5: one whole CPU on node 0 is someone else's, node 1's half CPU is noise
+    # node 1 0.5: one whole CPU on node 0 is someone else's, node 1's half CPU is noise;
+    # counted once a second reading agrees
     snap, _ = build(b, 12.0, [thread(101, 0, run_ns=2 * 10**9)], node_busy={0: 1.6, 1: 0.5})
+    assert {n.id: n.other_busy_cpus for n in snap.nodes} == {0: 0, 1: 0}
+    snap, _ = build(b, 14.0, [thread(101, 0, run_ns=3 * 10**9)], node_busy={0: 1.7, 1: 0.4})
     assert {n.id: n.other_busy_cpus for n in snap.nodes} == {0: 1, 1: 0}
-    snap, _ = build(b, 14.0, [thread(101, 0, run_ns=3 * 10**9)])
+    snap, _ = build(b, 15.0, [thread(101, 0, run_ns=3 * 10**9)])   # no reading: nothing counted
+    assert {n.id: n.other_busy_cpus for n in snap.nodes} == {0: 0, 1: 0}
+    snap, _ = build(b, 16.0, [thread(101, 0, run_ns=4 * 10**9)], node_busy={0: 0.5, 1: 0.4})
+    assert {n.id: n.other_busy_cpus for n in snap.nodes} == {0: 0, 1: 0}
+
+
+def test_a_burst_of_unmanaged_work_for_one_interval_is_not_counted():
+    b = SnapshotBuilder()
+    build(b, 10.0, [thread(101, 0, run_ns=1 * 10**9)])
+    build(b, 12.0, [thread(101, 0, run_ns=2 * 10**9)], node_busy={0: 0.5, 1: 0.1})
+    # the daemon's own page moves kept node 1 busy for one interval: its threads stay put
+    snap, _ = build(b, 14.0, [thread(101, 0, run_ns=3 * 10**9)], node_busy={0: 0.5, 1: 1.0})
+    assert {n.id: n.other_busy_cpus for n in snap.nodes} == {0: 0, 1: 0}
+    snap, _ = build(b, 16.0, [thread(101, 0, run_ns=4 * 10**9)], node_busy={0: 0.5, 1: 0.1})
     assert {n.id: n.other_busy_cpus for n in snap.nodes} == {0: 0, 1: 0}
 
 
@@ -136,7 +152,7 @@ def test_private_anonymous_mappings_become_page_groups_and_libraries_do_not():
 
 def test_a_group_range_narrows_to_where_the_sample_found_its_pages_when_it_kept_them_all():
     strays = (HEAP + (60 << 20), HEAP + (61 << 20))     # node 0's pages sit near the heap's end
-    base = replace(mm(), stride=16, local_node=1, off_node_addrs=strays, off_node_nodes=(0, 0))
+    base = replace(mm(), stride=16, local_nodes=frozenset({1}), off_node_addrs=strays, off_node_nodes=(0, 0))
     whole = mapping_groups(base, [], ())
     assert whole[group_id(HEAP, 0)][1] == GroupRange(HEAP, HEAP + (64 << 20), 0)   # not all kept: the whole
     narrow = mapping_groups(replace(base, off_node_complete=True), [], ())
@@ -147,7 +163,7 @@ def test_a_group_range_narrows_to_where_the_sample_found_its_pages_when_it_kept_
 
 def test_sampled_strays_another_process_maps_too_are_not_the_group_s_to_move():
     own, shared = HEAP + (10 << 20), (HEAP + (40 << 20), HEAP + (41 << 20))   # shared since a fork, say
-    base = replace(mm(), stride=100, local_node=1, off_node_addrs=(own, *shared), off_node_nodes=(0, 0, 0),
+    base = replace(mm(), stride=100, local_nodes=frozenset({1}), off_node_addrs=(own, *shared), off_node_nodes=(0, 0, 0),
                    off_node_complete=True)
     assert mapping_groups(base, [], ())[group_id(HEAP, 0)][0].pages == 1000
     groups = mapping_groups(replace(base, off_node_shared=frozenset(shared)), [], ())
@@ -246,3 +262,7 @@ def test_touch_locality_is_the_share_of_sampled_memory_local_to_its_writers():
     split = ProcessView(5, 1, "numa02", {0: 100, 1: 100}, tasks)
     assert process_locality(split) == 0.5
     assert process_locality(ProcessView(5, 1, "numa02", {0: 100, 1: 100}, tasks, touch_locality=1.0)) == 1.0
+    # numa01: both threads write all of it, all on node 0; the windows saw node 1's thread
+    # write first most of the time (chance): by the scan, half of it is local to each
+    shared = ProcessView(5, 1, "numa01", {0: 200}, tasks, touch_locality=0.3)
+    assert process_locality(shared) == 0.3 and process_locality(shared, shared_memory=True) == 0.5

@@ -211,12 +211,18 @@ def test_scan_matches_numa_maps_exactly_at_stride_one_and_closely_at_stride_sixt
 
 def test_scan_collects_off_node_pages_that_really_are_off_node(split_process):
     pid, (start, end) = split_process
-    result = numa_calls.scan_ranges(pid, [(start, end)], 4, seed=7, local_node=0, max_off_node=200)
+    result = numa_calls.scan_ranges(pid, [(start, end)], 4, seed=7, local_nodes={0}, max_off_node=200)
     assert result.off_node == result.node_pages[1]
     assert len(result.off_node_addrs) == 200
     assert set(result.off_node_nodes) == {1}
     assert numa_calls.page_nodes(pid, result.off_node_addrs) == result.off_node_nodes
     assert all(start + 4096 * PAGE <= addr < start + BUFFER_PAGES * PAGE for addr in result.off_node_addrs)
+    # several local nodes (a process whose threads run on both): nothing is off them
+    both = numa_calls.scan_ranges(pid, [(start, end)], 4, seed=7, local_nodes={0, 1}, max_off_node=200)
+    assert both.node_pages == result.node_pages and both.off_node == 0 and both.off_node_addrs == []
+    other = numa_calls.scan_ranges(pid, [(start, end)], 4, seed=7, local_nodes={1}, max_off_node=10**6)
+    assert other.off_node == other.node_pages[0] == len(other.off_node_addrs)
+    assert set(other.off_node_nodes) == {0}
 
 
 def test_scan_of_every_mapping_matches_the_whole_numa_maps(split_process):
