@@ -636,8 +636,15 @@ class Daemon:
                 log.debug("placed from: %s", "; ".join(
                     f"pid {v.pid} " + " ".join(f"{t.tid}@{t.cpu_node}({t.runnable_weight:.2f})" for t in v.tasks)
                     + f" MB {node_mb(v.node_pages)}" for v in snapshot.processes))
-            first_votes = sum(1 for key, node in plan.state.group_target.items()
-                              if self.policy_state.group_target.get(key) != node)
+            new_votes = [(key, node) for key, node in plan.state.group_target.items()
+                         if self.policy_state.group_target.get(key) != node]
+            first_votes = len(new_votes)
+            if new_votes and log.isEnabledFor(logging.DEBUG):
+                pages = {(v.pid, v.start_time, g.id): (g.node, g.pages) for v in snapshot.processes
+                         for g in v.page_groups}
+                log.debug("first votes: %s", ", ".join(
+                    f"pid {key[0]} {pages.get(key, ('?', '?'))[1]} pages {pages.get(key, ('?', '?'))[0]}->{node}"
+                    for key, node in sorted(new_votes)[:12]) + (" ..." if len(new_votes) > 12 else ""))
             voted = {key[:2] for key in plan.state.group_target}
             self.sampler.confirm((ProcessKey(*key) for key in voted),  # a window's second, or none
                                  self._weighed_for_memory(snapshot, plan))
