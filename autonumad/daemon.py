@@ -65,10 +65,10 @@ log = logging.getLogger("autonumad")
 ACTIVE_PASS_FRACTION = 5
 MIN_ACTIVE_PASS_S = 1.0
 MIN_WINDOW_PASS_S = 0.1
-"""The shortest pause after a pass that left a write-fault window open: it lasts until the
-window is due (WriteFaultSampler.window_s from its arming, the kernel's
-numa_balancing_scan_period_min_ms) and ends sooner when the window's writers stop
-faulting (WriteFaultSampler.window_ready, looked at every SATURATION_CHECK_S)."""
+"""The shortest pause after a pass that left write-fault windows open: it lasts until they
+are all due (WriteFaultSampler.window_s from each one's arming, the kernel's
+numa_balancing_scan_period_min_ms) and ends sooner when their writers stop faulting
+(WriteFaultSampler.window_ready, looked at every SATURATION_CHECK_S)."""
 VOTE_PASS_S = 0.5
 """The pause after a pass in which page groups asked to move for the first time: the next
 pass, with threads and pages looked at afresh, is the second vote AutoNUMA's last_nid

@@ -458,20 +458,24 @@ class WriteFaultSampler:
         return len(self._armed)
 
     def window_left(self) -> float | None:
-        """Seconds until the first open window is due to be read; None when none is open."""
+        """Seconds until every open window is due to be read; None when none is open. (The
+        windows of processes armed in one pass, one after another as the pass looks at each,
+        are read by one pass, and their second windows by the next, rather than each by a
+        pass of its own: under TCG a pass that reads windows costs a few tenths of a CPU
+        second.)"""
         if not self._armed:
             return None
-        return max(0.0, min(a.armed_at for a in self._armed.values()) + self.window_s - self.clock())
+        return max(0.0, max(a.armed_at for a in self._armed.values()) + self.window_s - self.clock())
 
     def window_ready(self) -> bool:
-        """Drain the open windows; True when one can be read now: its window_s is up, or
-        its writers stopped faulting (a soft-dirty window sees each page's first write
+        """Drain the open windows; True when all of them can be read now (window_left):
+        each one's window_s is up, or its writers stopped faulting (a soft-dirty window sees each page's first write
         only, so writers that sweep their memory, or write it in huge pages, have shown
         every page they write long before window_s: S2's numa02 threads fault on all 128
         huge pages of their slices within a sweep of ~0.15 s under TCG). The daemon asks
         every SATURATION_CHECK_S during the pause after a pass that left a window open."""
         now = self.clock()
-        ready = False
+        ready = bool(self._armed)
         for armed in self._armed.values():
             self._drain(armed)
             when, before = armed.checked
@@ -483,7 +487,7 @@ class WriteFaultSampler:
                     now - armed.armed_at >= MIN_WINDOW_S and count >= MIN_ACCESS_SAMPLES * armed.threads
                     and armed.quiet_looks >= SATURATION_LOOKS)
                 armed.checked = (now, count)
-            ready = ready or armed.saturated or now - armed.armed_at >= self.window_s
+            ready = ready and (armed.saturated or now - armed.armed_at >= self.window_s)
         return ready
 
     def note_moved(self, key: ProcessKey, start: int, end: int, from_node: int, to_node: int | None) -> int:

@@ -248,6 +248,22 @@ def test_a_window_whose_writers_stopped_faulting_is_read_before_window_s():
     assert len(calls.closed) == 1 and s.windows[key] == 1 and s.counters.samples == 149
 
 
+def test_windows_armed_one_after_another_are_read_together():
+    first, second = ProcessKey(1000, 1), ProcessKey(2000, 1)
+    tasks, calls, clock = spread_table(first, second), FakeCalls(), Clock()
+    _, s = sampler(tasks, calls, clock, max_armed=2)
+    s.poll([first])
+    clock.now = 0.5
+    s.poll([second])                       # later in the same pass
+    assert s.windows_open() == 2 and s.window_left() == 1.0
+    clock.now = 1.2
+    assert not s.window_ready()            # the first one's window_s is up, not the second's
+    clock.now = 1.5
+    assert s.window_ready() and s.window_left() == 0.0
+    s.poll([])
+    assert s.windows_open() == 0 and len(calls.closed) == 2
+
+
 def test_a_window_of_a_few_samples_waits_for_window_s():
     key = ProcessKey(1000, 1)
     tasks, calls, clock = spread_table(key), FakeCalls(), Clock()
