@@ -654,6 +654,7 @@ class Daemon:
             self.policy_state = plan.state
             self._quiet = self._quiet_after(snapshot, plan)
             results = self._act(plan)
+            self.sampler.arm_spread(self._spread_by(snapshot, plan, results, self.policy_config.runnable_threshold))
             lines = [_decision_line(action, result) for action, result in zip(plan.actions, results)]
             self.policy_state = self._deferred_stay_agreed(plan, results)
         cpu.mark("act")
@@ -678,6 +679,25 @@ class Daemon:
                  if isinstance(m, MoveTask) and m.from_node != m.to_node}
         return {ProcessKey(v.pid, v.start_time) for v in snapshot.processes
                 if not v.growing and not v.own_mempolicy and (v.pid, v.start_time) not in moved}
+
+    @staticmethod
+    def _spread_by(snapshot: Snapshot, plan: Plan, results: list[str], threshold: float) -> list[ProcessKey]:
+        """The processes whose busy threads (runnable_weight of `threshold` or more) ran on
+        one node at this pass's look and that the plan's moves, done, put on several."""
+        moved: dict[tuple[int, int, int], int] = {}
+        for action, result in zip(plan.actions, results):
+            if result.startswith("done"):
+                for m in (action.moves if isinstance(action, ExchangeTasks) else (action,)):
+                    if isinstance(m, MoveTask):
+                        moved[(m.pid, m.start_time, m.tid)] = m.to_node
+        spread = []
+        for view in snapshot.processes:
+            busy = [t for t in view.tasks if t.runnable_weight >= threshold]
+            before = {t.cpu_node for t in busy}
+            after = {moved.get((view.pid, view.start_time, t.tid), t.cpu_node) for t in busy}
+            if len(before) < 2 <= len(after):
+                spread.append(ProcessKey(view.pid, view.start_time))
+        return spread
 
     @staticmethod
     def _quiet_after(snapshot: Snapshot, plan: Plan) -> set[ProcessKey]:

@@ -415,6 +415,22 @@ class WriteFaultSampler:
                 self._arm(key, now)
                 break
 
+    def arm_spread(self, keys: Iterable[ProcessKey]) -> None:
+        """Arm now, as far as max_armed allows, the processes of `keys` (the daemon's: those
+        whose threads it has just spread over nodes) that poll would arm at the next pass
+        once it sees them spread: their first window then runs beside those armed at this
+        pass, and one pass reads them all (window_ready)."""
+        if not self.enabled:
+            return
+        now = self.clock()
+        for key in keys:
+            if len(self._armed) >= self.max_armed:
+                break
+            if key in self._armed or key in self._pair_open or (
+                    key in self._last_armed and now - self._last_armed[key] < self._rearm_after(key)):
+                continue
+            self._arm(key, now)
+
     def confirm(self, voted: Iterable[ProcessKey], planned: Iterable[ProcessKey]) -> None:
         """After the plan of a pass: of the processes whose first window of a pair was read,
         those it voted to move pages of (`voted`) get the pair's second window now, so the

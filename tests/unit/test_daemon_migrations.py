@@ -320,3 +320,20 @@ def test_quiet_processes_are_those_nothing_was_voted_planned_or_done_for():
     assert Daemon._quiet_after(SimpleNamespace(processes=views), plan) == set()   # 15 grows
     assert Daemon._quiet_after(SimpleNamespace(processes=views), Plan((), PolicyState())) == {
         ProcessKey(pid, 77) for pid in (10, 11, 12, 13, 14, 16)}
+
+
+def test_processes_the_plan_spread_over_nodes_are_those_its_done_moves_put_on_several():
+    from types import SimpleNamespace
+    from autonumad.daemon import Daemon
+    from autonumad.plan import ExchangeTasks, MoveTask, PolicyState
+    from autonumad.policy import ProcessView, TaskView
+    from autonumad.processes import ProcessKey
+    two_on_0 = ProcessView(10, 77, "app", {0: 100}, (TaskView(10, 0, 0.0), TaskView(11, 0, 1.0), TaskView(12, 0, 1.0)))
+    spread = ProcessView(20, 77, "app", {0: 100}, (TaskView(21, 0, 1.0), TaskView(22, 1, 1.0)))
+    alone = ProcessView(30, 77, "app", {0: 100}, (TaskView(31, 0, 1.0),))
+    move = lambda pid, tid, a, b: MoveTask(pid, 77, tid, "app", a, b, "")
+    snapshot = SimpleNamespace(processes=(two_on_0, spread, alone))
+    plan = Plan((ExchangeTasks((move(10, 12, 0, 1), move(30, 31, 0, 0)), ""), move(20, 22, 1, 0),
+                 move(10, 10, 0, 2)), PolicyState())   # 10's main thread is idle: it does not count
+    assert Daemon._spread_by(snapshot, plan, ["done", "done", "done"], 0.2) == [ProcessKey(10, 77)]
+    assert Daemon._spread_by(snapshot, plan, ["failed: gone", "done", "done"], 0.2) == []

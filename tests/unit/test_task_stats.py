@@ -264,6 +264,26 @@ def test_windows_armed_one_after_another_are_read_together():
     assert s.windows_open() == 0 and len(calls.closed) == 2
 
 
+def test_a_process_the_daemon_just_spread_is_armed_beside_those_armed_in_the_pass():
+    first, second = ProcessKey(1000, 1), ProcessKey(2000, 1)
+    tasks, calls, clock = spread_table(first), FakeCalls(), Clock()
+    _, s = sampler(tasks, calls, clock, max_armed=2)
+    s.poll([first])
+    s.arm_spread([first, second])          # the first is armed already; the second now
+    assert s.windows_open() == 2 and s.counters.armed == 2
+    clock.now = 1.0
+    s.poll([])
+    s.confirm([], [first, second])         # nothing voted: both pairs end
+    s.arm_spread([second])                 # not again before rearm_after_s
+    assert s.windows_open() == 0
+    clock.now = 31.0
+    s.arm_spread([second])
+    assert s.windows_open() == 1
+    s.enabled = False
+    s.arm_spread([first])
+    assert s.windows_open() == 1
+
+
 def test_a_window_of_a_few_samples_waits_for_window_s():
     key = ProcessKey(1000, 1)
     tasks, calls, clock = spread_table(key), FakeCalls(), Clock()
