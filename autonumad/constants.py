@@ -13,3 +13,5 @@ NUMA_BALANCING_SYSCTL = "proc/sys/kernel/numa_balancing"
 PERF_EVENT_PARANOID_SYSCTL = "proc/sys/kernel/perf_event_paranoid"
 
 PAGE_SIZE = 4096
+LOCAL_NODES_MAX = 64
+"""The scanner names the nodes a process's threads run on in a 64-bit mask (numa_calls.scan_ranges)."""

@@ -30,7 +30,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -564,7 +564,7 @@ class Daemon:
             if now >= deadline or not watching:
                 continue
             if window and self.sampler.window_ready():
-                log.debug("a write-fault window's writers stopped faulting: next pass now")
+                log.debug("the write-fault windows open can be read (writers stopped faulting): next pass now")
                 self.counters["windows_read_early"] += 1
                 self.budget.cut_pause_short(deadline - now)
                 raise _Interrupted()
@@ -629,7 +629,10 @@ class Daemon:
                 node_busy=self._node_busy(), inherited_pin=self._inherited_pin)
             self._not_inherited, self._not_inherited_next = self._not_inherited_next, {}
             cpu.mark("snapshot")
-            plan = plan_pass(snapshot, self.policy_state, self._pass_policy_config())
+            policy_config = self._pass_policy_config()
+            plan = plan_pass(snapshot, self.policy_state, policy_config)
+            snapshot, plan = self._plan_with_policies(snapshot, plan, policy_config,
+                                                      {info.key: info for info in found.processes})
             cpu.mark("plan")
             if log.isEnabledFor(logging.DEBUG) and any(isinstance(a, (MoveTask, ExchangeTasks))
                                                        for a in plan.actions):
@@ -648,9 +651,6 @@ class Daemon:
             voted = {key[:2] for key in plan.state.group_target}
             self.sampler.confirm((ProcessKey(*key) for key in voted),  # a window's second, or none
                                  self._weighed_for_memory(snapshot, plan))
-            for view in snapshot.processes:  # its pages may move: read its memory policies first
-                if not view.mempolicy_known and (view.pid, view.start_time) in voted:
-                    self.mm.want_policies(ProcessKey(view.pid, view.start_time))
             self.policy_state = plan.state
             self._quiet = self._quiet_after(snapshot, plan)
             results = self._act(plan)
@@ -669,6 +669,33 @@ class Daemon:
                                     self.sampler.window_left() or 0.0, first_votes, cpu.parts)
         self._pass_cpu_end = time.process_time()
         return self.last_pass
+
+    def _plan_with_policies(self, snapshot: Snapshot, plan: Plan, config: PolicyConfig,
+                            infos: Mapping[ProcessKey, ProcessInfo]) -> tuple[Snapshot, Plan]:
+        """The snapshot and plan of this pass, planned again once the memory policies of the
+        processes whose page groups' votes agreed, and that were never read, are read
+        (numa_maps: a walk of all their pages, worth it only once pages are about to move,
+        not at every vote a second window may undo). Unchanged when there are none, or
+        none could be read (gone, refused: their votes stand for the next pass)."""
+        waiting = {key[:2] for key in plan.state.group_agreed}
+        views, read = [], False
+        for view in snapshot.processes:
+            key = ProcessKey(view.pid, view.start_time)
+            if view.mempolicy_known or (view.pid, view.start_time) not in waiting or key not in infos:
+                views.append(view)
+                continue
+            self.mm.want_policies(key)
+            mm = self.mm.observe(infos[key], self.budget, self.tasks.busy_thread_nodes(key))
+            if mm is None or not mm.policies_read:
+                views.append(view)
+                continue
+            own = self.config.respect.user_mempolicy and mm.self_placed_share() > 0.5
+            views.append(replace(view, mempolicy_known=True, own_mempolicy=own))
+            read = True
+        if not read:
+            return snapshot, plan
+        snapshot = replace(snapshot, processes=tuple(views))
+        return snapshot, plan_pass(snapshot, self.policy_state, config)
 
     @staticmethod
     def _weighed_for_memory(snapshot: Snapshot, plan: Plan) -> set[ProcessKey]:

@@ -30,9 +30,11 @@ same `MmSnapshot`:
   mapping's memory policy. The kernel walks every resident page to write it (about
   6 us a page under TCG: over a second for 800 MB), so it is read only when a
   process's memory policies matter, that is before any of its pages is migrated:
-  the pass after the policy first votes to move some of its pages (`want_policies`;
-  until then the snapshot says `policies_read` False and the policy migrates
-  nothing of it), then every EXACT_EVERY_PASSES passes (policies change rarely;
+  in the pass where the policy's votes to move some of its pages first agree (the
+  daemon's `want_policies`, then a second look and a second plan in that pass: votes
+  that a second write-fault window undoes cost no walk; until then the snapshot says
+  `policies_read` False and the policy migrates nothing of it), then every
+  EXACT_EVERY_PASSES passes (policies change rarely;
   a walk costs about a third of a sample per resident page, charged to the budget
   as such); and by `autonumactl show`. A process whose threads simply move to its
   memory never pays for one. numa_maps counts hugetlb mappings in huge pages
@@ -60,7 +62,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from autonumad.constants import PAGE_SIZE
+from autonumad.constants import LOCAL_NODES_MAX, PAGE_SIZE
 from autonumad.kernel import procfs
 from autonumad.kernel.files import AccessDenied, KernelFiles, ProcessGone
 from autonumad.kernel.procfs import MapsEntry, MemPolicy, NumaMapsEntry
@@ -338,7 +340,7 @@ def sampled_snapshot(key: ProcessKey, mappings: Sequence[MapsEntry], stride: int
     samples = absent = errors = 0
     off_addrs: list[int] = []
     off_nodes: list[int] = []
-    complete = bool(local_nodes)
+    complete = bool(local_nodes) and all(0 <= n < LOCAL_NODES_MAX for n in local_nodes)   # else none listed
     for chunk in _window_chunks([mappings[i] for i in scanned], stride, budget.take):
         chunk = [(scanned[index], start, end) for index, start, end in chunk]
         result = scan_ranges(key.pid, [(start, end) for _, start, end in chunk], stride,
@@ -441,6 +443,11 @@ class _ProcessState:
     scanned_rss_pages: int = 0
     """The process's RSS when the snapshot was taken, and the passes it was kept since (quiet)."""
     quiet_passes: int = 0
+    shared_share: tuple[frozenset[int], Mapping[int, float]] = (frozenset(), {})
+    """The local nodes of the last scan that looked its strays up in pagemap, and the
+    off_node_shared_share it found: a scan that does not look (numa_maps's, a coarse look's,
+    one with too many strays) keeps it while its threads' nodes stay the same, so that what
+    counts as its own (MmSnapshot.own_node_pages) does not change with the kind of scan."""
 
 
 class MmStatsTable:
@@ -490,16 +497,27 @@ class MmStatsTable:
         for state in self._state.values():
             state.passes_since_exact += 1
 
-    def _with_shared(self, snapshot: MmSnapshot) -> MmSnapshot:
-        """`snapshot` with off_node_shared found, when it kept every sampled page off its
-        threads' nodes, or off them lies at most SHARED_LOOK_OFF_SHARE of its memory (a
-        process settled on its nodes, a few strays left elsewhere: are they its own?)."""
-        if not snapshot.off_node_addrs:
+    @staticmethod
+    def _kept_shared(state: _ProcessState, snapshot: MmSnapshot, local_nodes: frozenset[int]) -> MmSnapshot:
+        """`snapshot` (one that did not look its strays up) with the last lookup's
+        off_node_shared_share, when that was made for the same nodes (_ProcessState.shared_share)."""
+        nodes, share = state.shared_share
+        if not share or nodes != local_nodes:
             return snapshot
+        return replace(snapshot, off_node_shared_share=share)
+
+    def _with_shared(self, snapshot: MmSnapshot) -> MmSnapshot | None:
+        """`snapshot` with off_node_shared found, when it kept every sampled page off its
+        threads' node, or (threads on several nodes) off them lies at most
+        SHARED_LOOK_OFF_SHARE of its memory (a process settled on its nodes, a few strays
+        left elsewhere: are they its own?); None when it was not looked up."""
+        if not snapshot.off_node_addrs:
+            return snapshot if snapshot.off_node_complete else None   # none off them: nothing shared there
         total = sum(snapshot.node_pages.values())
         off = sum(p for n, p in snapshot.node_pages.items() if n not in snapshot.local_nodes)
-        if not snapshot.off_node_complete and not off <= SHARED_LOOK_OFF_SHARE * total:
-            return snapshot
+        if not snapshot.off_node_complete and not (len(snapshot.local_nodes) > 1
+                                                   and off <= SHARED_LOOK_OFF_SHARE * total):
+            return None
         movable = sorted((v.start, v.end) for v in snapshot.vmas if movable_mapping(v.path))
         starts = [start for start, _ in movable]
         wanted, node_of = [], {}
@@ -516,7 +534,7 @@ class MmStatsTable:
             raise
         except OSError as exc:  # refused, or a kernel without pagemap: the strays count as its own
             log.debug("pid %d: pagemap not read (%s)", snapshot.key.pid, exc)
-            return snapshot
+            return None
         shared = frozenset(a for a, only_ours in exclusive.items() if not only_ours)
         looked: dict[int, int] = {}
         found: dict[int, int] = {}
@@ -555,7 +573,9 @@ class MmStatsTable:
                 snapshot = exact_snapshot(key, entries, maps, self.clock())
                 known = {v.start: (v.kind, v.policy) for v in snapshot.vmas if v.policy is not None}
                 state = _ProcessState(snapshot, known, maps_text=text, mappings=sampled_mappings(maps),
-                                      chosen_policies=any(p.chosen_by_process for _, p in known.values()))
+                                      chosen_policies=any(p.chosen_by_process for _, p in known.values()),
+                                      shared_share=state.shared_share)
+                state.snapshot = self._kept_shared(state, snapshot, local_nodes)
                 self.counters.exact_reads += 1
             else:
                 if text != state.maps_text:
@@ -593,7 +613,11 @@ class MmStatsTable:
                         local_nodes, max_off_node, carried, state.policies_read, state.chosen_policies)
                     if off_local:
                         snapshot = replace(snapshot, off_node_complete=False)
-                state.snapshot = self._with_shared(snapshot)
+                looked = self._with_shared(snapshot)
+                if looked is not None:
+                    state.snapshot, state.shared_share = looked, (local_nodes, looked.off_node_shared_share)
+                else:
+                    state.snapshot = self._kept_shared(state, snapshot, local_nodes)
         except ProcessGone:
             log.debug("pid %d (%s) went away during its scan", key.pid, process.comm)
             self.counters.gone_mid_scan += 1

@@ -217,7 +217,7 @@ class ProcessView:
     votes (and lose those cast) until it holds steady; its threads may still move."""
     mempolicy_known: bool = True
     """Its memory policies were read. Until they are, its page groups vote, and votes that
-    agree stand, but none of them moves (the daemon reads the policies for the next pass)."""
+    agree stand, but none of them moves (the daemon then reads the policies and plans again)."""
     user_pinned: bool = False
     """Someone else pinned the whole process: none of its threads is moved."""
     touch_locality: float | None = None

@@ -7,9 +7,10 @@ things the statistics do not say by themselves:
 - how many CPUs of each node are busy with threads it does not manage
   (`other_busy_cpus`, from the node's measured busy time, `node_busy`), so that the
   policy does not stack managed threads on them: counted when two readings in a row
-  (two passes) agree, the lesser of the two, as a burst of work elsewhere (the daemon's
-  own page moves, a short job) would otherwise send managed threads off the nodes
-  holding their memory for one interval, their memory after them;
+  (two passes) agree, the lesser of the two, as a burst of work elsewhere for one
+  interval (a short job, a pass's worth of the daemon's own page moves) would otherwise
+  send managed threads off the nodes holding their memory, their memory after them (a
+  load that comes and goes at every other reading is not counted at all);
 - how busy a thread is (`runnable_weight`): its run time since the previous pass
   over the wall time since then; for a thread seen for the first time, its run time
   over its lifetime, so a busy process is placed at its first pass, and at least
@@ -237,7 +238,7 @@ def mapping_groups(mm: MmSnapshot, threads: list[ThreadStats],
 
 
 def _off_node_samples(mm: MmSnapshot) -> dict[tuple[int, int], list[int]]:
-    """(mapping start, node) -> the sampled page addresses off the local node in that mapping
+    """(mapping start, node) -> the sampled page addresses off its threads' nodes in that mapping
     and on that node, when the snapshot kept them all; else empty."""
     if not mm.off_node_complete or not mm.off_node_addrs:
         return {}

@@ -485,7 +485,8 @@ class WriteFaultSampler:
 
     def window_ready(self) -> bool:
         """Drain the open windows; True when all of them can be read now (window_left):
-        each one's window_s is up, or its writers stopped faulting (a soft-dirty window sees each page's first write
+        each one's window_s is up, or its writers stopped faulting (a soft-dirty window
+        sees each page's first write
         only, so writers that sweep their memory, or write it in huge pages, have shown
         every page they write long before window_s: S2's numa02 threads fault on all 128
         huge pages of their slices within a sweep of ~0.15 s under TCG). The daemon asks

@@ -26,6 +26,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from autonumad.constants import LOCAL_NODES_MAX
 from autonumad.kernel.files import ProcessGone, map_os_error
 
 try:
@@ -223,15 +224,12 @@ class ScanResult:
     """Sampled pages with another negative status (-EFAULT: unmapped, or the zero page;
     on kernels where untouched_page_status() is -EFAULT, never-touched pages too)."""
     off_node: int = 0
-    """Sampled present pages on a node not in local_nodes (0 when local_nodes is empty)."""
+    """Sampled present pages on a node not in local_nodes (0 when local_nodes is empty or
+    holds a node the mask cannot name)."""
     off_node_addrs: list[int] = field(default_factory=list)
     """Up to max_off_node of those pages, chosen uniformly, sorted by address."""
     off_node_nodes: list[int] = field(default_factory=list)
     """The node of each page in off_node_addrs."""
-
-
-LOCAL_NODES_MAX = 64
-"""scan_ranges's local nodes are a 64-bit mask on the C side."""
 
 
 def scan_ranges(

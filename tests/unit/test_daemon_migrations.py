@@ -337,3 +337,39 @@ def test_processes_the_plan_spread_over_nodes_are_those_its_done_moves_put_on_se
                  move(10, 10, 0, 2)), PolicyState())   # 10's main thread is idle: it does not count
     assert Daemon._spread_by(snapshot, plan, ["done", "done", "done"], 0.2) == [ProcessKey(10, 77)]
     assert Daemon._spread_by(snapshot, plan, ["failed: gone", "done", "done"], 0.2) == []
+
+
+def test_memory_policies_are_read_once_votes_agree_then_the_pass_plans_again(tmp_path):
+    from types import SimpleNamespace
+    from autonumad.processes import ProcessKey
+    from test_policy import machine, migrations, plan, process, thread
+    from autonumad.policy import PageGroup, PolicyConfig, Snapshot
+    d = make_daemon(tmp_path)
+    unread = process(811, [thread(811, 1, user_pinned=True)], {0: 1000}, [PageGroup(1, 0, 1000)],
+                     mempolicy_known=False)
+    second = plan(machine(), unread, state=plan(machine(), unread).state, time=1001.0)
+    assert migrations(second) == [] and second.state.group_agreed == {(811, 5811, 1): 1}
+    read = []
+
+    class Mm:
+        own = 0.0
+
+        def want_policies(self, key):
+            read.append(key)
+
+        def observe(self, info, budget, local_nodes=()):
+            return SimpleNamespace(policies_read=True, self_placed_share=lambda: Mm.own)
+
+    d.mm = Mm()
+    infos = {ProcessKey(811, 5811): SimpleNamespace(key=ProcessKey(811, 5811))}
+    snapshot = Snapshot(1001.0, machine(), (unread,))
+    d.policy_state = plan(machine(), unread).state
+    again_snapshot, again = d._plan_with_policies(snapshot, second, PolicyConfig(), infos)
+    assert read == [ProcessKey(811, 5811)] and again_snapshot.processes[0].mempolicy_known
+    assert [(m.group_id, m.to_node) for m in migrations(again)] == [(1, 1)]
+    Mm.own = 1.0                            # it bound its memory itself: it stays
+    assert d._plan_with_policies(snapshot, second, PolicyConfig(), infos)[1].actions == ()
+    # nothing agreed, or its policies known already: no read, the same plan
+    read.clear()
+    first = plan(machine(), unread)
+    assert d._plan_with_policies(snapshot, first, PolicyConfig(), infos) == (snapshot, first) and read == []

@@ -515,6 +515,18 @@ def test_strays_of_a_spread_process_are_looked_up_though_the_scan_kept_only_some
     assert not snap.off_node_complete and snap.node_pages[2] <= mm_stats.SHARED_LOOK_OFF_SHARE * total
     assert len(snap.off_node_shared) == 4 and snap.off_node_shared_share == {2: 1.0}
     assert snap.own_node_pages().get(2, 0.0) == 0.0 and snap.own_node_pages()[0] > 0
+    # a numa_maps read (its policies wanted) does not look them up: it keeps what was found
+    table.end_pass()
+    table.want_policies(KEY)
+    exact = table.observe(process(9768), budget(), local_nodes={0, 1}, max_off_node=4)
+    assert exact.exact and exact.off_node_shared_share == {2: 1.0}
+    table.end_pass()
+    elsewhere = table.observe(process(9768), budget(), local_nodes={1, 2}, max_off_node=4)
+    assert elsewhere.off_node_shared_share == {}            # its threads moved: not carried over
+    # threads on one node, more strays than the list holds: not looked up (nothing uses it)
+    table.end_pass()
+    one = table.observe(process(9768), budget(), local_nodes={0}, max_off_node=4)
+    assert not one.off_node_complete and one.off_node_shared == frozenset()
 
 
 def test_process_exiting_mid_scan_is_a_debug_line_only(caplog):

@@ -47,7 +47,7 @@ def local_node():
 def scan_all_off_node(base, n_pages, stride, seed, max_off_node=None):
     """scan_ranges over our own pages with a local node that does not exist, so that
     off_node_addrs lists the sampled present pages (all of them unless capped)."""
-    no_such_node = numa_calls.max_node() + 1
+    no_such_node = min(numa_calls.max_node() + 1, numa_calls.LOCAL_NODES_MAX - 1)
     cap = n_pages if max_off_node is None else max_off_node
     return numa_calls.scan_ranges(0, [(base, base + n_pages * PAGE)], stride, seed, {no_such_node}, cap)
 
