@@ -94,8 +94,9 @@ QUIET_CARRY_PASSES = 2
 QUIET_CARRY_S = 60.0
 QUIET_RSS_SHARE = 0.01
 """A quiet process (the daemon's word: nothing voted, planned or done for it at the last
-pass, its busy threads on one node) whose busy threads are where they were at its last
-scan, and whose RSS changed by at most QUIET_RSS_SHARE since, keeps that scan's snapshot
+pass) whose busy threads are on the nodes they were on at its last scan (one node, or
+several for a process spread over them), and whose RSS changed by at most
+QUIET_RSS_SHARE since, keeps that scan's snapshot
 for up to QUIET_CARRY_PASSES passes in a row, and QUIET_CARRY_S: its pages do not move by
 themselves (kernel balancing is off), and a settled system's passes cost little more than
 the look at its threads (AutoNUMA's knuma_scand also slows down once nothing is misplaced)."""
@@ -554,7 +555,7 @@ class MmStatsTable:
         local_nodes = frozenset(local_nodes)
         state = self._state.get(key)
         if quiet and state is not None and state.snapshot is not None and not state.want_exact \
-                and len(local_nodes) == 1 and state.snapshot.local_nodes == local_nodes \
+                and local_nodes and state.snapshot.local_nodes == local_nodes \
                 and state.quiet_passes < QUIET_CARRY_PASSES \
                 and self.clock() - state.snapshot.taken_at < QUIET_CARRY_S \
                 and abs(process.rss_pages - state.scanned_rss_pages) <= QUIET_RSS_SHARE * state.scanned_rss_pages:

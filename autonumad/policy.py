@@ -742,10 +742,14 @@ def _plan_migrations(snapshot: Snapshot, state: PolicyState, config: PolicyConfi
         # weighing much as a share of its own few, would pull groups to where it sleeps)
         thread_node = {t.tid: t.cpu_node for t in process.tasks
                        if t.runnable_weight >= config.runnable_threshold and t.cpu_node in nodes}
-        thread_touches: Counter[int] = Counter()  # each thread's sampled touches of all of its process's groups
-        for g in process.page_groups:
-            thread_touches.update({tid: c for tid, c in g.touches.items() if c > 0})
-        shared = len(runs_on) > 1 and (_shared_share(process, thread_node) >= SHARED_MEMORY_SHARE
+        thread_touches: dict[int, int] = {}  # each thread's sampled touches of all of its process's groups
+        for g in process.page_groups:  # (plain dicts and loops: a few hundred groups each pass)
+            for tid, c in g.touches.items():
+                if c > 0:
+                    thread_touches[tid] = thread_touches.get(tid, 0) + c
+        writers = ({g.id: _writers_by_node(g, thread_node) for g in process.page_groups}
+                   if len(runs_on) > 1 else {})
+        shared = len(runs_on) > 1 and (_shared_share(process, thread_node, writers) >= SHARED_MEMORY_SHARE
                                        or _silent_node(thread_node, thread_touches) is not None)
         if shared:
             sharing.add(_process_key(process))
@@ -760,8 +764,7 @@ def _plan_migrations(snapshot: Snapshot, state: PolicyState, config: PolicyConfi
             and sum(_shares(process.own_pages or process.node_pages).get(n, 0.0) for n in runs_on)
             >= SPREAD_REMNANT_LOCALITY)
         for group in sorted(process.page_groups, key=lambda g: g.id):
-            if group.node in runs_on and (shared or len(runs_on) > 1 and _written_from_several(
-                    _writers_by_node(group, thread_node))):
+            if group.node in runs_on and (shared or len(runs_on) > 1 and _written_from_several(writers[group.id])):
                 # its threads write the same memory (the process's, or this group): it stays with
                 # whichever of them it is with (a soft-dirty window sees each page's first writer
                 # only, so which of them leads a group they share is chance: the interpreter's
@@ -891,12 +894,14 @@ def _written_from_several(by_node: Mapping[int, int]) -> bool:
     return writes - max(by_node.values()) >= SHARED_WRITER_SHARE * writes
 
 
-def _shared_share(process: ProcessView, thread_node: Mapping[int, int]) -> float:
+def _shared_share(process: ProcessView, thread_node: Mapping[int, int],
+                  writers: Mapping[int, Mapping[int, int]] | None = None) -> float:
     """Share of the process's sampled pages in groups written from more than one node (each
-    thread counting as the node `thread_node` gives it)."""
+    thread counting as the node `thread_node` gives it; `writers`: each group's
+    _writers_by_node by group id, when already counted)."""
     shared = total = 0
     for group in process.page_groups:
-        by_node = _writers_by_node(group, thread_node)
+        by_node = writers[group.id] if writers is not None else _writers_by_node(group, thread_node)
         if by_node:
             total += group.pages
             if _written_from_several(by_node):

@@ -458,12 +458,14 @@ def test_a_quiet_process_keeps_its_last_scan_a_few_passes_while_its_threads_and_
     assert observe() is first and observe() is first                # kept twice in a row...
     assert observe() is not first                                    # ...then scanned again
     observe(quiet=False)                                             # not quiet: scanned
-    observe(local=(1,))                                                 # its threads moved: scanned
-    observe(local=(1,), rss=9768 + 200)                                 # RSS changed 2%: scanned
-    assert observe(local=(1,), rss=9768 + 250) is table.get(KEY)        # 0.5% more: kept
-    observe(local=(0, 1))                                                # threads on two nodes: scanned
-    assert scanned == [True, False, False, True, True, True, True, False, True]
-    assert table.counters.quiet_carried == 3
+    observe(local=(1,))                                              # its threads moved: scanned
+    observe(local=(1,), rss=9768 + 200)                              # RSS changed 2%: scanned
+    assert observe(local=(1,), rss=9768 + 250) is table.get(KEY)     # 0.5% more: kept
+    observe(local=(0, 1))                                            # threads on two nodes: scanned
+    assert observe(local=(1, 0)) is table.get(KEY)                   # spread, on the same two: kept
+    observe(local=())                                                # none busy: scanned
+    assert scanned == [True, False, False, True, True, True, True, False, True, False, True]
+    assert table.counters.quiet_carried == 4
     observe(quiet=False)
     now[0] += mm_stats.QUIET_CARRY_S
     observe()
