@@ -50,9 +50,10 @@ from autonumad.perf_event_paranoid_sysctl import (lower_perf_event_paranoid, rea
                                                   restore_perf_event_paranoid)
 from autonumad.off_switch import noautonuma_on_cmdline, off_reason
 from autonumad.placement_advice import advise
-from autonumad.plan import ExchangeTasks, MigratePages, MoveTask, Plan, PolicyState
+from autonumad.plan import ExchangeTasks, MigratePages, MoveTask, Plan, PolicyState, task_moves
 from autonumad.policy import PolicyConfig, Snapshot, plan_pass
-from autonumad.policy_snapshot import GroupRange, SnapshotBuilder, locality_bound, node_mb, process_locality
+from autonumad.policy_snapshot import (GroupRange, SnapshotBuilder, locality_bound, node_mb, own_mempolicy,
+                                      process_locality)
 from autonumad.processes import NewProcessWatch, ProcessDiscovery, ProcessFilter, ProcessInfo, ProcessKey
 from autonumad.scan_pacing import ScanBudget
 from autonumad.state_file import DaemonState, StateFile, ThreadKey
@@ -689,8 +690,8 @@ class Daemon:
             if mm is None or not mm.policies_read:
                 views.append(view)
                 continue
-            own = self.config.respect.user_mempolicy and mm.self_placed_share() > 0.5
-            views.append(replace(view, mempolicy_known=True, own_mempolicy=own))
+            views.append(replace(view, mempolicy_known=True,
+                                 own_mempolicy=own_mempolicy(mm, self.config.respect.user_mempolicy)))
             read = True
         if not read:
             return snapshot, plan
@@ -701,9 +702,8 @@ class Daemon:
     def _weighed_for_memory(snapshot: Snapshot, plan: Plan) -> set[ProcessKey]:
         """The processes whose memory the plan weighed moving: neither growing, nor with a
         memory policy of their own, nor with threads it moves to another node."""
-        moved = {(m.pid, m.start_time) for action in plan.actions
-                 for m in (action.moves if isinstance(action, ExchangeTasks) else (action,))
-                 if isinstance(m, MoveTask) and m.from_node != m.to_node}
+        moved = {(m.pid, m.start_time) for action in plan.actions for m in task_moves(action)
+                 if m.from_node != m.to_node}
         return {ProcessKey(v.pid, v.start_time) for v in snapshot.processes
                 if not v.growing and not v.own_mempolicy and (v.pid, v.start_time) not in moved}
 
@@ -714,9 +714,8 @@ class Daemon:
         moved: dict[tuple[int, int, int], int] = {}
         for action, result in zip(plan.actions, results):
             if result.startswith("done"):
-                for m in (action.moves if isinstance(action, ExchangeTasks) else (action,)):
-                    if isinstance(m, MoveTask):
-                        moved[(m.pid, m.start_time, m.tid)] = m.to_node
+                for m in task_moves(action):
+                    moved[(m.pid, m.start_time, m.tid)] = m.to_node
         spread = []
         for view in snapshot.processes:
             busy = [t for t in view.tasks if t.runnable_weight >= threshold]

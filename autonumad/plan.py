@@ -75,6 +75,13 @@ class MigratePages:
 Action = MoveTask | ExchangeTasks | MigratePages
 
 
+def task_moves(action: Action) -> tuple[MoveTask, ...]:
+    """The thread moves of an action: an exchange's, a move itself, none of a page migration's."""
+    if isinstance(action, ExchangeTasks):
+        return action.moves
+    return (action,) if isinstance(action, MoveTask) else ()
+
+
 SCAN_VOTE = -1
 """PolicyState.group_window of a wish that did not come from sampled writes."""
 

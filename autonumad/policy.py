@@ -118,7 +118,7 @@ from dataclasses import dataclass, field
 
 from autonumad.nodelist import format_list
 from autonumad.plan import (SCAN_VOTE, Action, ExchangeTasks, GroupKey, MigratePages, MoveTask, Plan,
-                            PolicyState, TaskKey)
+                            PolicyState, TaskKey, task_moves)
 
 WEIGHT_FULL = 1000
 """AutoNUMA's weight of a thread on the node holding all of its memory."""
@@ -421,8 +421,7 @@ def _place_holds(unpinned: list[tuple[ProcessView, TaskView]], spans: Mapping[Pr
     their process's span, or on the node with nearly all of its memory; not crowded) but free
     to leave it: the kernel's scheduler would otherwise stack them on a sibling's CPU, or take
     them away from their memory, as it does when another task wakes on their CPU."""
-    moved = {(m.pid, m.start_time, m.tid) for a in actions
-             for m in (a.moves if isinstance(a, ExchangeTasks) else (a,)) if isinstance(m, MoveTask)}
+    moved = {(m.pid, m.start_time, m.tid) for a in actions for m in task_moves(a)}
     holds = []
     for process, task in unpinned:
         if task.held or load[task.cpu_node] > cpus[task.cpu_node] \

@@ -170,12 +170,12 @@ class SnapshotBuilder:
             page_groups = [g for g, _ in process_groups.values()]
             process_ranges = {gid: r for gid, (_, r) in process_groups.items()}
             groups[(key.pid, key.start_time)] = process_ranges
-            own_policy = respect_mempolicy and mm.self_placed_share() > 0.5
             views.append(ProcessView(
                 pid=key.pid, start_time=key.start_time, comm=info.comm,
                 node_pages={n: int(p) for n, p in sorted(mm.node_pages.items()) if p >= 1},
                 own_pages={n: int(p) for n, p in sorted(mm.own_node_pages().items()) if p >= 1},
-                tasks=tuple(tasks), page_groups=tuple(page_groups), own_mempolicy=own_policy,
+                tasks=tuple(tasks), page_groups=tuple(page_groups),
+                own_mempolicy=own_mempolicy(mm, respect_mempolicy),
                 mempolicy_known=mm.policies_read or not respect_mempolicy, growing=growing,
                 user_pinned=bool(tasks) and all(t.user_pinned for t in tasks),
                 touch_locality=locality))
@@ -195,6 +195,12 @@ class SnapshotBuilder:
             NodeView(n.id, n.cpus, n.mem_free_kb / 1024, n.mem_total_kb / 1024, dict(n.distances), agreed[n.id])
             for n in (topology.nodes[i] for i in topology.node_ids))
         return Snapshot(now, nodes, tuple(views)), groups
+
+
+def own_mempolicy(mm: MmSnapshot, respect_mempolicy: bool) -> bool:
+    """Whether the process placed most of its memory by a policy of its own (bind, interleave,
+    preferred: MmSnapshot.self_placed_share), which `[respect] user_mempolicy` keeps."""
+    return respect_mempolicy and mm.self_placed_share() > 0.5
 
 
 def other_busy_cpus(node_busy: Mapping[int, float] | None, node: int, shown: float) -> int:

@@ -408,8 +408,7 @@ class WriteFaultSampler:
                 break
             if key in self._pair_open and key not in self._confirm:
                 continue  # its first window is read: the second waits for what the plan makes of it
-            if key in self._armed or (key not in self._pair_open and key in self._last_armed
-                                      and now - self._last_armed[key] < self._rearm_after(key)):
+            if key in self._armed or (key not in self._pair_open and not self._pair_due(key, now)):
                 continue
             if spread:
                 self._arm(key, now)
@@ -426,8 +425,7 @@ class WriteFaultSampler:
         for key in keys:
             if len(self._armed) >= self.max_armed:
                 break
-            if key in self._armed or key in self._pair_open or (
-                    key in self._last_armed and now - self._last_armed[key] < self._rearm_after(key)):
+            if key in self._armed or key in self._pair_open or not self._pair_due(key, now):
                 continue
             self._arm(key, now)
 
@@ -460,6 +458,11 @@ class WriteFaultSampler:
             self._confirm.add(key)
             if key not in self._armed and len(self._armed) < self.max_armed:
                 self._arm(key, now)  # (one left over is armed by a later poll)
+
+    def _pair_due(self, key: ProcessKey, now: float) -> bool:
+        """Whether a new pair of windows may start for `key`: never armed, or armed
+        _rearm_after ago."""
+        return key not in self._last_armed or now - self._last_armed[key] >= self._rearm_after(key)
 
     def _rearm_after(self, key: ProcessKey) -> float:
         """How long after its last window a process spread over nodes gets its next pair."""
